@@ -1,0 +1,171 @@
+"""Route HF attention modules through vLLM's paged-KV `Attention` layers."""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+
+import torch
+from torch import nn
+
+from hfvllm_lab.backend.records import AttentionLayerSpec
+from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError
+
+# Our own key in transformers' attention registry: vLLM's built-in backend owns "vllm", and
+# both backends may live in one process.
+ATTN_KEY = "hfvllm_lab"
+# Attribute of the HF attention module that holds its vLLM `Attention`.
+ATTN_ATTR = "lab_attn"
+
+
+def lab_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The function transformers calls for attention: [1, heads, tokens, dim] in, vLLM does the rest."""
+    attn = getattr(module, ATTN_ATTR, None)
+    if attn is None:
+        # Never compute attention some other way here: a plain matmul would have no KV history
+        # and would mix the sequences of a batch.
+        raise AttentionPathError(
+            f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) dispatched to the "
+            f"lab attention but has no vLLM Attention attached; it was not built by the lab backend"
+        )
+    _check_agrees(module, attn, scaling, sliding_window, softcap)
+    tokens = query.shape[-2]
+    q, k, v = (x.transpose(1, 2).reshape(tokens, -1) for x in (query, key, value))
+    out = attn(q, k, v)
+    attn.lab_calls += 1
+    return out, None
+
+
+def _check_agrees(module, attn, scaling, sliding_window, softcap) -> None:
+    """Refuse when the HF module asks for maths that its vLLM layer was not built with."""
+    if attn.lab_checked:
+        return
+    problems = []
+    if scaling is not None and abs(float(scaling) - attn.lab_spec.scale) > 1e-6 * abs(float(scaling)):
+        problems.append(f"scaling {scaling} vs {attn.lab_spec.scale}")
+    if (sliding_window or None) != attn.lab_spec.sliding_window:
+        problems.append(f"sliding_window {sliding_window} vs {attn.lab_spec.sliding_window}")
+    if (softcap or None) != attn.lab_spec.logits_soft_cap:
+        problems.append(f"softcap {softcap} vs {attn.lab_spec.logits_soft_cap}")
+    if problems:
+        raise AttentionPathError(
+            f"{attn.lab_spec.module}: the HF module asks for different attention than its vLLM "
+            f"layer computes ({'; '.join(problems)})"
+        )
+    attn.lab_checked = True
+
+
+def register_attention_function() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_KEY, lab_attention_forward)
+
+
+@cache
+def dispatches_through_interface(cls: type) -> bool:
+    """Whether `cls.forward` looks its attention up in transformers' registry."""
+    try:
+        source = inspect.getsource(inspect.unwrap(cls.forward))
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple[str, nn.Module]]:
+    """layer index -> (qualified name, module) for every module that dispatches attention."""
+    found: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in model.named_modules():
+        if not dispatches_through_interface(type(module)):
+            continue
+        idx = getattr(module, "layer_idx", None)
+        if not isinstance(idx, int):
+            raise UnsupportedModelError(f"{name} ({type(module).__name__}) dispatches attention but has no layer_idx")
+        if idx in found:
+            raise UnsupportedModelError(
+                f"layer {idx} dispatches attention from two modules ({found[idx][0]} and {name}); "
+                "one vLLM Attention cannot serve both"
+            )
+        found[idx] = (name, module)
+    missing = [i for i in range(num_layers) if i not in found]
+    if missing:
+        raise UnsupportedModelError(
+            f"decoder layers {missing} do not dispatch attention through transformers' attention "
+            "interface, so vLLM's paged attention cannot be routed into them"
+        )
+    return found
+
+
+def _layer_type(config, idx: int) -> str | None:
+    types = getattr(config, "layer_types", None)
+    return types[idx] if types and idx < len(types) else None
+
+
+def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int, prefix: str) -> AttentionLayerSpec:
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_size = getattr(module, "head_dim", None) or getattr(config, "head_dim", None) or (
+        config.hidden_size // heads
+    )
+    scale = getattr(module, "scaling", None)
+    if scale is None:
+        scale = head_size**-0.5
+    if hasattr(module, "sliding_window"):
+        window = module.sliding_window
+    elif _layer_type(config, idx) is not None:
+        window = config.sliding_window if _layer_type(config, idx) == "sliding_attention" else None
+    elif getattr(config, "use_sliding_window", True):
+        window = getattr(config, "sliding_window", None)
+    else:
+        window = None
+    softcap = getattr(module, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
+    if heads % tp_size:
+        raise UnsupportedModelError(f"{heads} attention heads do not split over tensor-parallel size {tp_size}")
+    return AttentionLayerSpec(
+        layer=idx,
+        module=name,
+        hf_class=type(module).__name__,
+        vllm_prefix=f"{prefix}.{ATTN_ATTR}",
+        num_heads=heads // tp_size,
+        num_kv_heads=max(1, kv_heads // tp_size),
+        head_size=int(head_size),
+        scale=float(scale),
+        sliding_window=window or None,
+        logits_soft_cap=softcap or None,
+    )
+
+
+def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -> nn.Module:
+    from vllm.model_executor.layers.attention import Attention
+
+    attn = Attention(
+        num_heads=spec.num_heads,
+        head_size=spec.head_size,
+        scale=spec.scale,
+        num_kv_heads=spec.num_kv_heads,
+        cache_config=cache_config,
+        quant_config=quant_config,
+        logits_soft_cap=spec.logits_soft_cap,
+        per_layer_sliding_window=spec.sliding_window,
+        prefix=spec.vllm_prefix,
+    )
+    built_window = getattr(attn, "sliding_window", spec.sliding_window)
+    if (built_window or None) != spec.sliding_window:
+        # vLLM falls back to a model-wide window when a layer passes none; a full-attention
+        # layer of a hybrid model must not inherit it.
+        raise UnsupportedModelError(
+            f"{spec.module}: vLLM built a sliding window of {built_window}, the model asks for {spec.sliding_window}"
+        )
+    attn.lab_spec = spec
+    attn.lab_calls = 0
+    attn.lab_checked = False
+    return attn

@@ -1,0 +1,66 @@
+"""Build modules with parameters on the meta device while buffers stay real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+META = torch.device("meta")
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside lands on `meta`; buffers (rotary tables, embedding
+    scales) are created wherever the surrounding device context says, so they keep values."""
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device != META:
+            registered = module._parameters[name]
+            module._parameters[name] = type(registered)(
+                registered.to(META), requires_grad=registered.requires_grad
+            )
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def parameter_bytes(module: nn.Module) -> tuple[int, int]:
+    """(bytes on real devices, bytes still on meta) over unique parameters."""
+    real = meta = 0
+    for p in module.parameters():
+        size = p.numel() * p.element_size()
+        if p.device == META:
+            meta += size
+        else:
+            real += size
+    return real, meta
+
+
+def buffer_bytes(module: nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in module.buffers() if b.device != META)
+
+
+def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Give every meta parameter real storage on `device`; return their qualified names.
+
+    The storage is uninitialized on purpose (it is overwritten by the checkpoint); the weight
+    loader refuses to finish while any of these names was not loaded.
+    """
+    names: list[str] = []
+    for mod_name, mod in module.named_modules():
+        for name, param in list(mod.named_parameters(recurse=False)):
+            if param.device != META:
+                continue
+            target = dtype if param.dtype.is_floating_point else param.dtype
+            data = torch.empty(param.shape, dtype=target, device=device)
+            setattr(mod, name, nn.Parameter(data, requires_grad=False))
+            names.append(f"{mod_name}.{name}" if mod_name else name)
+    return names

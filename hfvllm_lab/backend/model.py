@@ -1,0 +1,236 @@
+"""`LabForCausalLM`: the project's Transformers modeling backend, a vLLM model class."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from hfvllm_lab.backend.attention import (
+    ATTN_ATTR,
+    ATTN_KEY,
+    attention_spec,
+    build_vllm_attention,
+    find_attention_modules,
+    register_attention_function,
+)
+from hfvllm_lab.backend.meta import buffer_bytes, materialize, parameter_bytes, parameters_on_meta
+from hfvllm_lab.backend.records import (
+    ATTENTION,
+    LM_HEAD,
+    REPLACED,
+    ROUTED,
+    TIED,
+    BuildReport,
+    PhaseBytes,
+    ReplacementRecord,
+)
+from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
+from hfvllm_lab.backend.weights import load_checked, name_map_for
+from hfvllm_lab.errors import UnsupportedModelError
+
+# Attribute of `LabForCausalLM` that holds the HF model; checkpoint names are mapped under it.
+ROOT = "hf"
+
+
+def hf_causal_lm_class(config, trust_remote_code: bool) -> type:
+    """The HF class `AutoModelForCausalLM` would build, refusing remote code unless opted in."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModelForCausalLM" in auto_map:
+        if not trust_remote_code:
+            raise UnsupportedModelError(
+                f"{config.model_type} ships its own modelling code ({auto_map['AutoModelForCausalLM']}); "
+                "running it needs trust_remote_code=True"
+            )
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], config._name_or_path)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"model type {config.model_type!r} has no causal-LM class in transformers "
+            f"{__import__('transformers').__version__}"
+        ) from None
+
+
+def check_supported(cls: type) -> None:
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"{cls.__name__} does not support custom attention backends (_supports_attention_backend is "
+            "False): its attention cannot be routed through vLLM's paged KV cache"
+        )
+
+
+class LabForCausalLM(nn.Module):
+    """Runs any HF causal LM inside vLLM: meta-built, vLLM layers swapped in, paged attention."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__()
+        from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+        t0 = time.perf_counter()
+        model_config = vllm_config.model_config
+        parallel = vllm_config.parallel_config
+        if parallel.pipeline_parallel_size > 1:
+            raise UnsupportedModelError("the lab backend does not support pipeline parallelism")
+        self.config = model_config.hf_config
+        self.text_config = self.config.get_text_config()
+        self.tp_size = parallel.tensor_parallel_size
+        device = torch.device(vllm_config.device_config.device)
+        dtype = model_config.dtype
+
+        hf_cls = hf_causal_lm_class(self.config, model_config.trust_remote_code)
+        check_supported(hf_cls)
+        report = BuildReport(
+            architecture=type(self).__name__,
+            hf_class=hf_cls.__name__,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            tensor_parallel_size=self.tp_size,
+        )
+        self.lab_report = report
+
+        def phase(name: str, module: nn.Module) -> None:
+            real, meta = parameter_bytes(module)
+            report.phases.append(PhaseBytes(name, real, meta, buffer_bytes(module), time.perf_counter() - t0))
+
+        register_attention_function()
+        self.text_config._attn_implementation = ATTN_KEY
+        self.config._attn_implementation = ATTN_KEY
+        with parameters_on_meta():
+            hf = hf_cls._from_config(self.config, dtype=dtype) if hasattr(hf_cls, "_from_config") else hf_cls(self.config)
+        hf.eval()
+        self.hf = hf
+        phase("meta", hf)
+        report.eager_param_bytes = report.phases[-1].meta_bytes
+
+        base = getattr(hf, hf.base_model_prefix)
+        head_name = self._output_embedding_name(hf)
+        plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
+        ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}))
+        report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
+        report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
+        self._route_attention(hf, vllm_config, report)
+        phase("replaced", self)
+        self._must_load = set(materialize(self, device, dtype))
+        phase("materialized", self)
+
+        report.logits = self._logits_postprocessing()
+        self.logits_processor = LogitsProcessor(
+            self.text_config.vocab_size, scale=report.logits["scale"], soft_cap=report.logits["soft_cap"]
+        )
+        self._names = name_map_for(hf, ROOT)
+
+    # -- building ------------------------------------------------------------------------
+    @staticmethod
+    def _output_embedding_name(hf: nn.Module) -> str:
+        head = hf.get_output_embeddings()
+        for name, module in hf.named_modules():
+            if module is head:
+                return name
+        raise UnsupportedModelError(f"{type(hf).__name__} has no output embedding (LM head)")
+
+    def _tie_word_embeddings(self) -> bool:
+        return bool(
+            getattr(self.text_config, "tie_word_embeddings", False) or getattr(self.config, "tie_word_embeddings", False)
+        )
+
+    def _replace_lm_head(self, hf, base, head_name: str, quant_config) -> ReplacementRecord:
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+        old = hf.get_submodule(head_name)
+        new = ParallelLMHead(
+            old.out_features,
+            old.in_features,
+            bias=old.bias is not None,
+            quant_config=quant_config,
+            prefix=f"{ROOT}.{head_name}",
+        )
+        action, reason = REPLACED, ""
+        if self._tie_word_embeddings():
+            embed = base.get_input_embeddings()
+            if not isinstance(embed, VocabParallelEmbedding):
+                raise UnsupportedModelError(
+                    f"the config ties the LM head to {type(embed).__name__}, which was not replaced by "
+                    "VocabParallelEmbedding, so the two cannot share one weight"
+                )
+            new = new.tie_weights(embed)
+            action, reason = TIED, "shares the input embedding's weight (tie_word_embeddings)"
+        hf.set_submodule(head_name, new)
+        return ReplacementRecord(
+            head_name, LM_HEAD, action, type(old).__name__, type(new).__name__,
+            tuple(old.weight.shape), old.weight.numel() + (old.bias.numel() if old.bias is not None else 0), reason,
+        )
+
+    def _route_attention(self, hf, vllm_config, report: BuildReport) -> None:
+        num_layers = self.text_config.num_hidden_layers
+        for idx, (name, module) in sorted(find_attention_modules(hf, num_layers).items()):
+            spec = attention_spec(name, module, self.text_config, idx, self.tp_size, f"{ROOT}.{name}")
+            attn = build_vllm_attention(spec, vllm_config.cache_config, vllm_config.quant_config)
+            setattr(module, ATTN_ATTR, attn)
+            report.attention.append(spec)
+            backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vLLM"
+            window = f", window {spec.sliding_window}" if spec.sliding_window else ""
+            cap = f", softcap {spec.logits_soft_cap}" if spec.logits_soft_cap else ""
+            report.records.append(
+                ReplacementRecord(
+                    name, ATTENTION, ROUTED, type(module).__name__, type(attn).__name__, (), 0,
+                    f"{backend}: {spec.num_heads} heads / {spec.num_kv_heads} kv, head {spec.head_size}, "
+                    f"scale {spec.scale:.4g}{window}{cap}",
+                )
+            )
+
+    def _logits_postprocessing(self) -> dict:
+        """Constant maths HF applies after the LM head, which vLLM's LogitsProcessor must repeat."""
+        cfg = self.text_config
+        scale = 1.0
+        if getattr(cfg, "logit_scale", None):  # Cohere multiplies
+            scale *= float(cfg.logit_scale)
+        if getattr(cfg, "logits_scaling", None):  # Granite divides
+            scale /= float(cfg.logits_scaling)
+        soft_cap = getattr(cfg, "final_logit_softcapping", None) or None
+        return {"scale": scale, "soft_cap": soft_cap}
+
+    # -- vLLM model interface ------------------------------------------------------------
+    @property
+    def base(self) -> nn.Module:
+        return getattr(self.hf, self.hf.base_model_prefix)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.base.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors=None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        # vLLM flattens every scheduled sequence into one row of tokens; HF wants a batch axis.
+        if inputs_embeds is not None:
+            model_inputs = {"inputs_embeds": inputs_embeds[None]}
+        else:
+            model_inputs = {"input_ids": input_ids[None]}
+        out = self.base(**model_inputs, position_ids=positions[None], use_cache=False, return_dict=True)
+        return out.last_hidden_state[0]
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        head = self.hf.get_output_embeddings()
+        return self.logits_processor(head, hidden_states, getattr(head, "bias", None))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        expected = {n for n, _ in self.named_parameters() if ATTN_ATTR not in n.split(".")}
+        outcome = load_checked(self, weights, self._names, expected)
+        self.lab_report.loaded_weights = len(outcome.loaded)
+        self.lab_report.ignored_weights = outcome.ignored
+        real, meta = parameter_bytes(self)
+        self.lab_report.phases.append(
+            PhaseBytes("loaded", real, meta, buffer_bytes(self), self.lab_report.phases[-1].seconds)
+        )
+        return outcome.loaded

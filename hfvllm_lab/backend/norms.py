@@ -1,0 +1,89 @@
+"""Recognise RMSNorm variants by what they compute, and build the matching vLLM norm."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PLAIN, OFFSET = "x*w", "x*(1+w)"
+
+
+@dataclass(frozen=True)
+class NormMaths:
+    """How an HF norm scales: `x*w` (Llama) or `x*(1+w)` (Gemma), or neither (reason)."""
+
+    convention: str | None
+    eps: float | None
+    width: int | None
+    reason: str = ""
+
+
+def looks_like_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+def norm_eps(module: nn.Module) -> float | None:
+    for attr in ("variance_epsilon", "eps", "epsilon"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+_CACHE: dict[tuple[type, int, float], NormMaths] = {}
+
+
+def classify_norm(module: nn.Module) -> NormMaths:
+    """Run a CPU copy of `module` on known input and match it against both RMS conventions.
+
+    Class names lie in both directions (some `*RMSNorm` scale by `1 + w`, some `*Norm` are
+    LayerNorms), so the maths is measured rather than guessed from the name.
+    """
+    if isinstance(module, nn.LayerNorm):
+        return NormMaths(None, None, None, "mean-centred LayerNorm, not an RMSNorm")
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 1:
+        return NormMaths(None, None, None, "no 1-D weight to carry over")
+    if getattr(module, "bias", None) is not None:
+        return NormMaths(None, None, None, "has a bias, which vLLM's RMSNorm lacks")
+    eps = norm_eps(module)
+    if eps is None:
+        return NormMaths(None, None, None, "no epsilon attribute found")
+    width = weight.shape[0]
+    key = (type(module), width, eps)
+    if key not in _CACHE:
+        _CACHE[key] = _measure(module, width, eps)
+    return _CACHE[key]
+
+
+def _measure(module: nn.Module, width: int, eps: float) -> NormMaths:
+    probe = copy.deepcopy(module).to_empty(device="cpu").float()
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(width, generator=gen, dtype=torch.float32) * 0.5
+    x = torch.randn(3, width, generator=gen, dtype=torch.float32) * 3.0
+    with torch.no_grad():
+        probe.weight.copy_(w)
+        try:
+            y = probe(x)
+        except Exception as exc:  # a norm that cannot run standalone is left alone
+            return NormMaths(None, eps, width, f"could not be run standalone ({exc.__class__.__name__})")
+    if isinstance(y, tuple):
+        return NormMaths(None, eps, width, "returns a tuple (fused residual), not a plain norm")
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    for convention, expected in ((PLAIN, normed * w), (OFFSET, normed * (1.0 + w))):
+        if y.shape == expected.shape and torch.allclose(y, expected, rtol=1e-4, atol=1e-5):
+            return NormMaths(convention, eps, width)
+    return NormMaths(None, eps, width, "computes neither x*w nor x*(1+w) RMS normalisation")
+
+
+def build_vllm_norm(maths: NormMaths) -> nn.Module:
+    from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
+
+    if maths.convention == PLAIN:
+        return RMSNorm(maths.width, eps=maths.eps)
+    if maths.convention == OFFSET:
+        return GemmaRMSNorm(maths.width, eps=maths.eps)
+    raise ValueError(f"no vLLM norm for {maths}")

@@ -1,0 +1,121 @@
+"""What the lab backend did while building a model: plain data, no torch at import."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Kinds of modules the backend considers for replacement.
+LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY = (
+    "linear", "norm", "embedding", "lm_head", "attention", "rotary",
+)
+# What happened to a candidate.
+REPLACED, KEPT, ROUTED, TIED = "replaced", "kept", "routed", "tied"
+
+
+@dataclass(frozen=True)
+class ReplacementRecord:
+    """One candidate module: swapped for a vLLM layer, routed, or left alone (with why)."""
+
+    name: str
+    kind: str
+    action: str
+    original_class: str
+    new_class: str | None
+    shape: tuple[int, ...] = ()
+    parameters: int = 0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AttentionLayerSpec:
+    """The vLLM `Attention` that serves one HF attention module."""
+
+    layer: int
+    module: str
+    hf_class: str
+    vllm_prefix: str
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    scale: float
+    sliding_window: int | None
+    logits_soft_cap: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseBytes:
+    """Exact parameter bytes at one build phase: on a real device, still on meta."""
+
+    phase: str
+    device_bytes: int
+    meta_bytes: int
+    buffer_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BuildReport:
+    """Everything the backend records while building one model; kept on the model instance."""
+
+    architecture: str
+    hf_class: str
+    device: str
+    dtype: str
+    tensor_parallel_size: int = 1
+    records: list[ReplacementRecord] = field(default_factory=list)
+    attention: list[AttentionLayerSpec] = field(default_factory=list)
+    phases: list[PhaseBytes] = field(default_factory=list)
+    eager_param_bytes: int = 0
+    logits: dict[str, Any] = field(default_factory=dict)
+    loaded_weights: int = 0
+    ignored_weights: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "hf_class": self.hf_class,
+            "device": self.device,
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "records": [r.to_dict() for r in self.records],
+            "attention": [a.to_dict() for a in self.attention],
+            "phases": [p.to_dict() for p in self.phases],
+            "eager_param_bytes": self.eager_param_bytes,
+            "logits": dict(self.logits),
+            "loaded_weights": self.loaded_weights,
+            "ignored_weights": list(self.ignored_weights),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BuildReport":
+        report = cls(**{k: v for k, v in data.items() if k not in ("records", "attention", "phases")})
+        report.records = [ReplacementRecord(**{**r, "shape": tuple(r["shape"])}) for r in data["records"]]
+        report.attention = [AttentionLayerSpec(**a) for a in data["attention"]]
+        report.phases = [PhaseBytes(**p) for p in data["phases"]]
+        return report
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(kind, action) -> number of records."""
+        out: dict[tuple[str, str], int] = {}
+        for r in self.records:
+            out[(r.kind, r.action)] = out.get((r.kind, r.action), 0) + 1
+        return out
+
+    def summary(self) -> str:
+        lines = [f"{self.hf_class} built by the lab backend on {self.device} ({self.dtype})"]
+        for (kind, action), n in sorted(self.counts().items()):
+            lines.append(f"  {kind:<10} {action:<9} {n}")
+        kept = [r for r in self.records if r.action == KEPT and r.kind != ROTARY]
+        for r in kept[:5]:
+            lines.append(f"  kept {r.name} ({r.original_class}): {r.reason}")
+        return "\n".join(lines)

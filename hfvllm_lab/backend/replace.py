@@ -1,0 +1,138 @@
+"""Walk the meta-built HF model and swap Linear / RMSNorm / embedding modules for vLLM's."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, looks_like_norm
+from hfvllm_lab.backend.records import (
+    EMBEDDING,
+    KEPT,
+    LINEAR,
+    NORM,
+    REPLACED,
+    ROTARY,
+    ReplacementRecord,
+)
+
+
+@dataclass
+class ReplaceContext:
+    quant_config: object
+    tp_size: int
+    tp_plan: dict[str, str]
+    skip: frozenset[str]  # qualified names handled elsewhere (the LM head)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _shape(module: nn.Module) -> tuple[int, ...]:
+    weight = getattr(module, "weight", None)
+    return tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
+
+
+def _record(name, kind, action, old, new=None, reason="") -> ReplacementRecord:
+    return ReplacementRecord(
+        name=name,
+        kind=kind,
+        action=action,
+        original_class=type(old).__name__,
+        new_class=type(new).__name__ if new is not None else None,
+        shape=_shape(old),
+        parameters=_params(old),
+        reason=reason,
+    )
+
+
+def tp_style(name: str, ctx: ReplaceContext) -> str:
+    """The tensor-parallel style the model's `tp_plan` gives `name` ("replicate" at TP 1)."""
+    if ctx.tp_size == 1:
+        return "replicate"
+    for pattern, style in ctx.tp_plan.items():
+        regex = "^" + re.escape(pattern).replace(r"\*", r"\d+") + "$"
+        if re.match(regex, name):
+            return style
+    return "replicate"
+
+
+def build_vllm_linear(linear: nn.Linear, style: str, ctx: ReplaceContext, prefix: str) -> nn.Module:
+    from vllm.model_executor.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+
+    common = dict(
+        input_size=linear.in_features,
+        output_size=linear.out_features,
+        bias=linear.bias is not None,
+        quant_config=ctx.quant_config,
+        prefix=prefix,
+        return_bias=False,
+    )
+    if style.startswith("colwise"):
+        return ColumnParallelLinear(gather_output=style == "colwise_gather_output", **common)
+    if style.startswith("rowwise"):
+        return RowParallelLinear(input_is_parallel=style != "rowwise_split_input", **common)
+    return ReplicatedLinear(**common)
+
+
+def build_vllm_embedding(embedding: nn.Embedding, ctx: ReplaceContext, prefix: str) -> nn.Module:
+    from hfvllm_lab.backend.layers import scaled_vocab_embedding
+
+    scale = getattr(embedding, "embed_scale", None)
+    if isinstance(scale, torch.Tensor):
+        scale = float(scale.item()) if scale.device.type != "meta" else None
+    return scaled_vocab_embedding(embedding.num_embeddings, embedding.embedding_dim, scale, ctx.quant_config, prefix)
+
+
+def replace_modules(
+    model: nn.Module, root: str, ctx: ReplaceContext, *, vllm_prefix: str, base_prefix: str
+) -> list[ReplacementRecord]:
+    """Replace in place; return one record per candidate (Linear, norm, embedding, rotary).
+
+    Records use HF names (`model.layers.0.mlp.up_proj`); vLLM layers get `vllm_prefix` in front.
+    """
+    records: list[ReplacementRecord] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for child_name, child in list(parent.named_children()):
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            if name in ctx.skip:
+                continue
+            new: nn.Module | None = None
+            if type(child) is nn.Linear:
+                style = tp_style(name.removeprefix(base_prefix + "."), ctx)
+                new = build_vllm_linear(child, style, ctx, f"{vllm_prefix}.{name}")
+                records.append(_record(name, LINEAR, REPLACED, child, new))
+            elif isinstance(child, nn.Linear):
+                records.append(_record(name, LINEAR, KEPT, child, reason="subclass of nn.Linear with its own forward"))
+            elif isinstance(child, nn.Embedding):
+                if type(child).forward is nn.Embedding.forward or hasattr(child, "embed_scale"):
+                    new = build_vllm_embedding(child, ctx, f"{vllm_prefix}.{name}")
+                    records.append(_record(name, EMBEDDING, REPLACED, child, new))
+                else:
+                    records.append(_record(name, EMBEDDING, KEPT, child, reason="embedding with a custom forward"))
+            elif looks_like_norm(child):
+                maths = classify_norm(child)
+                if maths.convention is None:
+                    records.append(_record(name, NORM, KEPT, child, reason=maths.reason))
+                else:
+                    new = build_vllm_norm(maths)
+                    records.append(
+                        _record(name, NORM, REPLACED, child, new, reason=f"{maths.convention}, width {maths.width}")
+                    )
+            elif "rotary" in type(child).__name__.lower():
+                records.append(
+                    _record(name, ROTARY, KEPT, child, reason="position embeddings stay HF: computed from buffers")
+                )
+            else:
+                visit(child, name)
+                continue
+            if new is not None:
+                setattr(parent, child_name, new)
+
+    visit(model, root)
+    return records

@@ -1,0 +1,43 @@
+"""Process settings the vLLM path needs, applied and checked before vLLM is imported."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+from hfvllm_lab.errors import LabError
+
+
+class EnvironmentProblem(LabError):
+    """The Python environment has a known trap that would break the run."""
+
+
+def prepare_vllm_environment() -> None:
+    """Keep the engine in this process so the toolkit can reach the model object."""
+    current = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if current not in (None, "0"):
+        warnings.warn(
+            f"VLLM_ENABLE_V1_MULTIPROCESSING={current} overridden to 0: the lab's probes need the "
+            "engine in this process",
+            stacklevel=3,
+        )
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    check_torchvision()
+
+
+def check_torchvision() -> None:
+    """PyPI's torchvision/torchaudio/torchcodec are built for CUDA torch; beside torch+cpu they
+    break transformers' image utilities and `from vllm import LLM`. Name the fix."""
+    import torch
+
+    if torch.version.cuda is not None or importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:
+        raise EnvironmentProblem(
+            f"torchvision is installed but does not load beside torch {torch.__version__} ({exc}); "
+            "PyPI's torchvision/torchaudio/torchcodec are CUDA builds. Fix: "
+            "pip uninstall -y torchvision torchaudio torchcodec"
+        ) from None

@@ -1,0 +1,171 @@
+"""The vLLM-engine path: build an in-process `vllm.LLM`, generate, reach the model, tear down."""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfvllm_lab.errors import InputError, LabError, UnsupportedModelError
+from hfvllm_lab.results.generation import Generation
+
+BACKENDS = ("lab", "transformers", "native")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything that decides how the engine is built."""
+
+    model_dir: Path
+    device: str = "cpu"
+    dtype: str = "float32"
+    backend: str = "lab"
+    max_model_len: int = 256
+    max_num_seqs: int = 4
+    tensor_parallel_size: int = 1
+    seed: int = 0
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def kv_cache_bytes(config, settings: EngineSettings) -> int:
+    """KV bytes for `max_num_seqs` sequences of `max_model_len` tokens, rounded up to whole
+    blocks with headroom, instead of vLLM's CPU default of ~90% of RAM."""
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    elem = 4 if settings.dtype == "float32" else 2
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * elem
+    block = 128
+    tokens = (math.ceil(settings.max_model_len / block) + 1) * block * settings.max_num_seqs
+    return 2 * tokens * per_token + (8 << 20)
+
+
+def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from hfvllm_lab.backend import ARCH
+
+    if settings.backend not in BACKENDS:
+        raise InputError(f"unknown backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
+    config = AutoConfig.from_pretrained(settings.model_dir, trust_remote_code=settings.trust_remote_code)
+    kwargs: dict[str, Any] = dict(
+        model=str(settings.model_dir),
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        seed=settings.seed,
+        trust_remote_code=settings.trust_remote_code,
+        # Eager: per-layer probes need Python hooks to run on every step, which CUDA graphs skip.
+        enforce_eager=True,
+        tensor_parallel_size=settings.tensor_parallel_size,
+    )
+    if settings.device.startswith("cpu"):
+        kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
+    if settings.backend == "lab":
+        kwargs["hf_overrides"] = {"architectures": [ARCH]}
+    elif settings.backend == "transformers":
+        kwargs["model_impl"] = "transformers"
+    kwargs.update(settings.extra)
+    return kwargs
+
+
+def lab_error_in(exc: BaseException) -> LabError | None:
+    """The project's own error somewhere in an exception's cause chain (vLLM wraps them)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LabError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class VllmPath:
+    """One in-process engine. `close()` frees it so the next one can start in this process."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        from hfvllm_lab.paths.env import prepare_vllm_environment
+
+        prepare_vllm_environment()
+        from hfvllm_lab.backend import register_in_process
+
+        register_in_process()
+        from vllm import LLM
+
+        self.settings = settings
+        self.kwargs = engine_kwargs(settings)
+        try:
+            self.llm = LLM(**self.kwargs)
+        except Exception as exc:
+            gc.collect()
+            lab = lab_error_in(exc)
+            if lab is not None:
+                raise type(lab)(str(lab)) from exc
+            raise UnsupportedModelError(
+                f"vLLM could not build {settings.model_dir.name} with the {settings.backend} backend: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    @property
+    def closed(self) -> bool:
+        return self.llm is None
+
+    def apply_model(self, fn: Callable) -> list:
+        """Run `fn(model)` on the model inside each worker (one answer per rank)."""
+        return self.llm.apply_model(fn)
+
+    def generate(
+        self, prompts: list[str], max_tokens: int, top_k: int = 5, prompt_logprobs: bool = True
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0,
+            ignore_eos=True,
+            logprobs=top_k,
+            prompt_logprobs=0 if prompt_logprobs else None,
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [to_generation(prompt, out) for prompt, out in zip(prompts, outputs)]
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+            from hfvllm_lab.device import empty_cache
+
+            empty_cache(self.settings.device)
+
+    def __enter__(self) -> "VllmPath":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def to_generation(prompt: str, out) -> Generation:
+    completion = out.outputs[0]
+    top = [{tok: lp.logprob for tok, lp in step.items()} for step in (completion.logprobs or [])]
+    prompt_lps: list[float | None] = []
+    ids = list(out.prompt_token_ids)
+    for i, step in enumerate(out.prompt_logprobs or []):
+        prompt_lps.append(None if step is None else step[ids[i]].logprob)
+    return Generation(
+        prompt=prompt,
+        prompt_token_ids=ids,
+        token_ids=list(completion.token_ids),
+        text=completion.text,
+        top_logprobs=top,
+        prompt_logprobs=prompt_lps,
+    )

@@ -1,0 +1,89 @@
+"""The zoo's catalogue: tiny, seeded configurations of real HF architectures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Shared by every spec: small enough to build in a second, with head sizes that vLLM's CPU
+# attention supports (32) and a vocabulary that is exactly the byte-level tokenizer's.
+VOCAB_SIZE = 260
+_COMMON: dict[str, Any] = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    max_position_embeddings=512,
+    bos_token_id=256,
+    eos_token_id=257,
+    pad_token_id=258,
+    # Large enough that attention and MLPs visibly change the residual stream, so a broken
+    # layer shows up in the outputs rather than hiding under the embedding.
+    initializer_range=0.15,
+)
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """One tiny checkpoint: architecture, config overrides and the seed of its weights."""
+
+    name: str
+    model_type: str
+    summary: str
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    # Standard deviation of logits we aim for: random tiny models have nearly flat logits,
+    # which make top-k parity checks meaningless (see DESIGN.md).
+    logit_std: float = 2.0
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {**_COMMON, **self.config}
+
+
+SPECS: dict[str, ZooSpec] = {
+    spec.name: spec
+    for spec in (
+        ZooSpec(
+            "llama",
+            "llama",
+            "Llama: the default; MHA, RMSNorm, untied LM head",
+            dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
+            seed=1,
+        ),
+        ZooSpec(
+            "qwen3",
+            "qwen3",
+            "Qwen3: q_norm/k_norm (head_dim wide), head_dim 32 with 4 heads on hidden 64, GQA",
+            dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
+            seed=2,
+        ),
+        ZooSpec(
+            "gemma",
+            "gemma",
+            "Gemma: (1 + weight) RMSNorm, scaled embedding, tied LM head, MQA",
+            dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True,
+                 hidden_activation="gelu_pytorch_tanh"),
+            seed=3,
+        ),
+        ZooSpec(
+            "gemma2",
+            "gemma2",
+            "Gemma2: GQA, sliding-window layers (window 8), logit soft-capping, query_pre_attn_scalar",
+            dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                 sliding_window=8, query_pre_attn_scalar=64, attn_logit_softcapping=5.0,
+                 final_logit_softcapping=4.0,
+                 layer_types=["sliding_attention", "full_attention"] * 2),
+            seed=4,
+        ),
+        ZooSpec(
+            "mistral",
+            "mistral",
+            "Mistral: GQA with a sliding window (8) on every layer",
+            dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+                 sliding_window=8),
+            seed=5,
+        ),
+    )
+}
+
+DEFAULT = "llama"
