@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hfvllm_lab.cli demo
+	mkdir -p build
+	$(PY) -m hfvllm_lab.cli compare --bisect --html build/report.html --json build/report.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

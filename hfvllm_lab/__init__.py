@@ -8,6 +8,7 @@ from hfvllm_lab.errors import (
     InputError,
     LabError,
     ModelNotFoundError,
+    ProbeUnavailableError,
     UnsupportedModelError,
     WeightsError,
 )
@@ -15,11 +16,22 @@ from hfvllm_lab.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Session",
     "AttentionPathError",
     "DeviceError",
     "InputError",
     "LabError",
     "ModelNotFoundError",
+    "ProbeUnavailableError",
     "UnsupportedModelError",
     "WeightsError",
 ]
+
+
+def __getattr__(name: str):
+    # Session pulls in the paths and results; import it only when asked for.
+    if name == "Session":
+        from hfvllm_lab.session import Session
+
+        return Session
+    raise AttributeError(f"module 'hfvllm_lab' has no attribute {name!r}")

@@ -1,37 +1,54 @@
-"""Command line: `hfvllm-lab demo` and `hfvllm-lab compare [MODEL]`."""
+"""Command line: `hfvllm-lab compare [MODEL]` (also `make demo`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
+from pathlib import Path
 
-DEFAULT_PROMPTS = ["Hello, my name is", "The capital of France is", "vLLM runs HuggingFace models by"]
 
+def compare(args: argparse.Namespace) -> int:
+    from hfvllm_lab.session import DEFAULT_PROMPTS, Session
 
-def demo(args: argparse.Namespace) -> int:
-    from hfvllm_lab import zoo
-    from hfvllm_lab.paths.vllm_path import EngineSettings, VllmPath
+    prompts = args.prompt or DEFAULT_PROMPTS
+    print(f"hfvllm-lab compare: {args.model or 'embedded default (zoo: llama)'}", flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend) as session:
+            print(f"{session!r}\n", flush=True)
+            cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect)
+            replacements, memory, attention = session.replacements, session.memory, session.attention
+    print(repr(replacements), repr(memory), repr(attention), repr(cmp), sep="\n\n")
+    if args.html:
+        from hfvllm_lab.render.report import session_report_html
 
-    model_dir = zoo.resolve(args.model)
-    print(f"model: {args.model or zoo.DEFAULT} ({model_dir})")
-    with VllmPath(EngineSettings(model_dir=model_dir)) as path:
-        report = path.apply_model(lambda m: m.lab_report)[0]
-        generations = path.generate(DEFAULT_PROMPTS, max_tokens=args.max_tokens)
-    print()
-    for g in generations:
-        print(f"{g.prompt!r} -> {g.text!r}")
-    print()
-    print(report.summary())
-    return 0
+        title = f"hfvllm_lab: {cmp.model} on {cmp.device} ({cmp.dtype})"
+        Path(args.html).write_text(session_report_html(title, replacements, memory, attention, cmp))
+        print(f"\nHTML report: {args.html}")
+    if args.json:
+        data = {"comparison": cmp.to_dict(), "replacements": replacements.to_dict(), "memory": memory.to_dict(),
+                "attention": attention.to_dict()}
+        Path(args.json).write_text(json.dumps(data, indent=1, default=str))
+        print(f"JSON: {args.json}")
+    return 0 if cmp.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hfvllm-lab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hfvllm-lab", description="See what vLLM's layers do to an HF causal LM.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the embedded default model through the lab backend")
-    p.add_argument("model", nargs="?", default=None, help="zoo name or checkpoint directory")
+    p = sub.add_parser("compare", help="HF-native path vs vLLM path on the same prompts")
+    p.add_argument("model", nargs="?", default=None, help="zoo name or checkpoint directory (default: zoo llama)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--max-tokens", type=int, default=16)
-    p.set_defaults(func=demo)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--backend", default="lab", choices=["lab", "transformers", "native"])
+    p.add_argument("--bisect", action="store_true", help="also name the first module whose output differs")
+    p.add_argument("--html", help="write a self-contained HTML report here")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.set_defaults(func=compare)
     args = parser.parse_args(argv)
     from hfvllm_lab.errors import LabError
 

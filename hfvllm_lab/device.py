@@ -125,6 +125,9 @@ class StepTimer:
     def start(self, key: str) -> None:
         self._open[key] = self._mark()
 
+    def is_open(self, key: str) -> bool:
+        return key in self._open
+
     def stop(self, key: str) -> None:
         begin = self._open.pop(key)
         self._pairs.append((key, begin, self._mark()))

@@ -29,3 +29,7 @@ class DeviceError(LabError):
 
 class InputError(LabError):
     """Bad arguments: empty prompts, max_tokens < 1, and the like."""
+
+
+class ProbeUnavailableError(LabError):
+    """A probe that cannot apply to this backend or model, with the reason."""

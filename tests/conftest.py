@@ -34,3 +34,26 @@ def engine_settings(model_dir, **overrides):
     from hfvllm_lab.paths.vllm_path import EngineSettings
 
     return EngineSettings(model_dir=model_dir, **overrides)
+
+
+def hf_module_counts(name: str) -> dict[str, int]:
+    """What the HF model itself holds: the numbers the replacement records must cover."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfvllm_lab import zoo
+    from hfvllm_lab.backend.records import ATTENTION, EMBEDDING, LINEAR, LM_HEAD, NORM
+
+    config = AutoConfig.from_pretrained(zoo.path(name))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    modules = list(model.modules())
+    return {
+        LINEAR: sum(isinstance(m, nn.Linear) and m is not head for m in modules),
+        LM_HEAD: 1,
+        NORM: sum("norm" in type(m).__name__.lower() for m in modules),
+        EMBEDDING: sum(isinstance(m, nn.Embedding) for m in modules),
+        ATTENTION: config.num_hidden_layers,
+    }

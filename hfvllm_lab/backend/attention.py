@@ -40,10 +40,38 @@ def lab_attention_forward(
         )
     _check_agrees(module, attn, scaling, sliding_window, softcap)
     tokens = query.shape[-2]
+    if attn.lab_override is not None:
+        # HF attention inside the vLLM path: the model checked that this forward is one sequence
+        # from position 0 (prompt scoring), the only case where it is correct without KV history.
+        out = hf_attention(module, query, key, value, attn.lab_override, scaling, sliding_window, softcap)
+        attn.lab_counts[attn.lab_override] = attn.lab_counts.get(attn.lab_override, 0) + 1
+        return out.reshape(tokens, -1), None
     q, k, v = (x.transpose(1, 2).reshape(tokens, -1) for x in (query, key, value))
     out = attn(q, k, v)
-    attn.lab_calls += 1
+    attn.lab_counts[attn.lab_backend] = attn.lab_counts.get(attn.lab_backend, 0) + 1
     return out, None
+
+
+def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, softcap) -> torch.Tensor:
+    """transformers' own eager (the model module's) or sdpa attention on one causal sequence."""
+    import sys
+
+    tokens = query.shape[-2]
+    pos = torch.arange(tokens, device=query.device)
+    allowed = pos[None, :] <= pos[:, None]
+    if sliding_window:
+        allowed &= pos[None, :] > pos[:, None] - sliding_window
+    mask = torch.zeros(tokens, tokens, dtype=query.dtype, device=query.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
+    if mode == "eager":
+        fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if fn is None:
+            raise AttentionPathError(f"{type(module).__module__} has no eager_attention_forward to run")
+    else:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn
+    out, _ = fn(module, query, key, value, mask, scaling=scaling, dropout=0.0, sliding_window=sliding_window,
+                softcap=softcap)
+    return out
 
 
 def _check_agrees(module, attn, scaling, sliding_window, softcap) -> None:
@@ -166,6 +194,8 @@ def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -
             f"{spec.module}: vLLM built a sliding window of {built_window}, the model asks for {spec.sliding_window}"
         )
     attn.lab_spec = spec
-    attn.lab_calls = 0
+    attn.lab_backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vllm"
+    attn.lab_counts = {}  # implementation -> calls; read and reset by the attention probe
+    attn.lab_override = None  # "sdpa" / "eager" while HF attention runs inside the vLLM path
     attn.lab_checked = False
     return attn

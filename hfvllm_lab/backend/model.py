@@ -29,7 +29,8 @@ from hfvllm_lab.backend.records import (
 )
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import load_checked, name_map_for
-from hfvllm_lab.errors import UnsupportedModelError
+from hfvllm_lab.device import memory_figure
+from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError
 
 # Attribute of `LabForCausalLM` that holds the HF model; checkpoint names are mapped under it.
 ROOT = "hf"
@@ -56,6 +57,18 @@ def hf_causal_lm_class(config, trust_remote_code: bool) -> type:
             f"model type {config.model_type!r} has no causal-LM class in transformers "
             f"{__import__('transformers').__version__}"
         ) from None
+
+
+def check_single_sequence(positions: torch.Tensor, mode: str) -> None:
+    """HF attention keeps no KV history and cannot separate sequences: allow only one sequence
+    that starts at position 0 and is contiguous (a prompt scored in one prefill)."""
+    n = positions.shape[-1]
+    expected = torch.arange(n, device=positions.device)
+    if not torch.equal(positions.reshape(-1), expected):
+        raise AttentionPathError(
+            f"HF {mode} attention inside the vLLM path only scores one prompt in one prefill: this step "
+            "holds several sequences or decode tokens, which need vLLM's paged KV cache"
+        )
 
 
 def check_supported(cls: type) -> None:
@@ -95,9 +108,15 @@ class LabForCausalLM(nn.Module):
         )
         self.lab_report = report
 
-        def phase(name: str, module: nn.Module) -> None:
-            real, meta = parameter_bytes(module)
-            report.phases.append(PhaseBytes(name, real, meta, buffer_bytes(module), time.perf_counter() - t0))
+        def phase(name: str, module: nn.Module | None) -> None:
+            real, meta = parameter_bytes(module) if module is not None else (0, 0)
+            figure = memory_figure(str(device))
+            report.phases.append(
+                PhaseBytes(name, real, meta, buffer_bytes(module) if module is not None else 0,
+                           time.perf_counter() - t0, figure.bytes, figure.source)
+            )
+
+        phase("before", None)
 
         register_attention_function()
         self.text_config._attn_implementation = ATTN_KEY
@@ -125,6 +144,21 @@ class LabForCausalLM(nn.Module):
             self.text_config.vocab_size, scale=report.logits["scale"], soft_cap=report.logits["soft_cap"]
         )
         self._names = name_map_for(hf, ROOT)
+        self.lab_attention_mode = "vllm"
+
+    def set_attention_mode(self, mode: str) -> None:
+        """"vllm" (paged KV), or HF's "sdpa" / "eager" for single-sequence prompt scoring."""
+        if mode not in ("vllm", "sdpa", "eager"):
+            raise AttentionPathError(f"unknown attention {mode!r}: choose vllm, sdpa or eager")
+        if mode != "vllm" and self.tp_size > 1:
+            raise AttentionPathError("HF attention inside the vLLM path needs tensor-parallel size 1")
+        if mode == "sdpa" and any(s.logits_soft_cap for s in self.lab_report.attention):
+            raise AttentionPathError("sdpa would silently drop this model's attention logit soft-capping; use eager")
+        for module in self.hf.modules():
+            attn = getattr(module, ATTN_ATTR, None)
+            if attn is not None:
+                attn.lab_override = None if mode == "vllm" else mode
+        self.lab_attention_mode = mode
 
     # -- building ------------------------------------------------------------------------
     @staticmethod
@@ -174,7 +208,7 @@ class LabForCausalLM(nn.Module):
             attn = build_vllm_attention(spec, vllm_config.cache_config, vllm_config.quant_config)
             setattr(module, ATTN_ATTR, attn)
             report.attention.append(spec)
-            backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vLLM"
+            backend = attn.lab_backend
             window = f", window {spec.sliding_window}" if spec.sliding_window else ""
             cap = f", softcap {spec.logits_soft_cap}" if spec.logits_soft_cap else ""
             report.records.append(
@@ -212,6 +246,8 @@ class LabForCausalLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        if self.lab_attention_mode != "vllm":
+            check_single_sequence(positions, self.lab_attention_mode)
         # vLLM flattens every scheduled sequence into one row of tokens; HF wants a batch axis.
         if inputs_embeds is not None:
             model_inputs = {"inputs_embeds": inputs_embeds[None]}
@@ -230,7 +266,9 @@ class LabForCausalLM(nn.Module):
         self.lab_report.loaded_weights = len(outcome.loaded)
         self.lab_report.ignored_weights = outcome.ignored
         real, meta = parameter_bytes(self)
+        figure = memory_figure(str(self.lab_report.device))
         self.lab_report.phases.append(
-            PhaseBytes("loaded", real, meta, buffer_bytes(self), self.lab_report.phases[-1].seconds)
+            PhaseBytes("loaded", real, meta, buffer_bytes(self), self.lab_report.phases[-1].seconds,
+                       figure.bytes, figure.source)
         )
         return outcome.loaded

@@ -51,13 +51,16 @@ class AttentionLayerSpec:
 
 @dataclass(frozen=True)
 class PhaseBytes:
-    """Exact parameter bytes at one build phase: on a real device, still on meta."""
+    """Exact parameter bytes at one build phase (on a real device, still on meta), plus the
+    device allocator's figure (accelerators) or process RSS (CPU) at that moment."""
 
     phase: str
     device_bytes: int
     meta_bytes: int
     buffer_bytes: int
     seconds: float
+    process_bytes: int = 0
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

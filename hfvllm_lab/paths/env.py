@@ -23,6 +23,8 @@ def prepare_vllm_environment() -> None:
             stacklevel=3,
         )
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # vLLM's start-up chatter buries a notebook's output; set VLLM_LOGGING_LEVEL to see it.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     check_torchvision()
 
 

@@ -97,3 +97,60 @@ class HfPath:
         from hfvllm_lab.device import empty_cache
 
         empty_cache(self.device)
+
+
+class HfProbes:
+    """Timing, attention counts and hidden-state capture on an `HfPath` model."""
+
+    def __init__(self, path: HfPath) -> None:
+        self.path = path
+        self.num_layers = path.model.config.get_text_config().num_hidden_layers
+
+    def observed(self):
+        from hfvllm_lab.probes.modules import observed_modules
+
+        return observed_modules(self.path.model, self.num_layers)
+
+    def profile(self, prompts: list[str], max_tokens: int, warmup: int = 1):
+        from hfvllm_lab.probes.timing import TimingProbe, hf_step_phase
+
+        for _ in range(warmup):
+            self.path.generate(prompts[:1], 1)
+        probe = TimingProbe(self.path.model, self.observed(), self.path.device, hf_step_phase)
+        with probe:
+            self.path.generate(prompts, max_tokens)
+        return probe.result("hf", warmup)
+
+    def capture(self, prompt: str) -> dict:
+        import torch
+
+        from hfvllm_lab.probes.capture import HiddenCapture
+
+        ids = torch.tensor([self.path.encode(prompt)], device=self.path.device)
+        with HiddenCapture(self.observed()) as capture, torch.no_grad():
+            self.path.model(ids)
+        return dict(capture.outputs)
+
+    def attention_counts(self, prompts: list[str], max_tokens: int) -> dict:
+        """Per attention module: calls during a generation, and the implementation transformers used."""
+        from hfvllm_lab.backend.attention import dispatches_through_interface
+
+        counts: dict[str, int] = {}
+        handles = []
+        forward_calls = [0]
+        handles.append(self.path.model.register_forward_pre_hook(lambda m, a: forward_calls.__setitem__(0, forward_calls[0] + 1)))
+        layers = []
+        for name, module in self.path.model.named_modules():
+            if dispatches_through_interface(type(module)) and isinstance(getattr(module, "layer_idx", None), int):
+                counts[name] = 0
+                layers.append((module.layer_idx, name, module))
+                handles.append(module.register_forward_hook(
+                    lambda m, a, o, name=name: counts.__setitem__(name, counts[name] + 1)))
+        try:
+            self.path.generate(prompts, max_tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        impl = self.path.model.config._attn_implementation
+        return {"layers": [dict(layer=i, module=n, counts={impl: counts[n]}, backend=impl) for i, n, _ in layers],
+                "forward_calls": forward_calls[0], "mode": impl}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hfvllm_lab.errors import InputError, LabError, UnsupportedModelError
+from hfvllm_lab.probes.worker import EXTENSION
 from hfvllm_lab.results.generation import Generation
 
 BACKENDS = ("lab", "transformers", "native")
@@ -63,6 +64,11 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         # Eager: per-layer probes need Python hooks to run on every step, which CUDA graphs skip.
         enforce_eager=True,
         tensor_parallel_size=settings.tensor_parallel_size,
+        # Probes run inside the workers, reached through collective_rpc.
+        worker_extension_cls=EXTENSION,
+        # Off so every prompt is really prefilled: cached prefixes would hide prefill work from
+        # timing, and HF-attention scoring writes no KV that a later request could reuse.
+        enable_prefix_caching=False,
     )
     if settings.device.startswith("cpu"):
         kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
@@ -119,6 +125,16 @@ class VllmPath:
         """Run `fn(model)` on the model inside each worker (one answer per rank)."""
         return self.llm.apply_model(fn)
 
+    def rpc(self, method: str, *args) -> Any:
+        """Call a probe method of the worker extension; rank 0's answer."""
+        try:
+            return self.llm.collective_rpc(method, args=args)[0]
+        except Exception as exc:
+            lab = lab_error_in(exc)
+            if lab is not None and lab is not exc:
+                raise type(lab)(str(lab)) from exc
+            raise
+
     def generate(
         self, prompts: list[str], max_tokens: int, top_k: int = 5, prompt_logprobs: bool = True
     ) -> list[Generation]:
@@ -131,8 +147,25 @@ class VllmPath:
             logprobs=top_k,
             prompt_logprobs=0 if prompt_logprobs else None,
         )
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except KeyboardInterrupt:
+            self.abort_unfinished()
+            raise
+        except Exception as exc:
+            self.abort_unfinished()
+            lab = lab_error_in(exc)
+            if lab is not None:
+                raise type(lab)(str(lab)) from exc
+            raise
         return [to_generation(prompt, out) for prompt, out in zip(prompts, outputs)]
+
+    def abort_unfinished(self) -> None:
+        """Drop requests an interrupted `generate` left in the engine, so the next call starts clean."""
+        engine = self.llm.llm_engine
+        ids = list(engine.output_processor.request_states)
+        if ids:
+            engine.abort_request(ids, internal=True)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -83,6 +83,14 @@ SPECS: dict[str, ZooSpec] = {
                  sliding_window=8),
             seed=5,
         ),
+        ZooSpec(
+            "llama-medium",
+            "llama",
+            "Llama with hidden 512 (~13M parameters, ~51 MB): big enough for memory measurements",
+            dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=8,
+                 head_dim=64, tie_word_embeddings=False, initializer_range=0.05),
+            seed=6,
+        ),
     )
 }
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
 from hfvllm_lab import zoo
-from hfvllm_lab.backend.records import ATTENTION, EMBEDDING, LINEAR, LM_HEAD, NORM, REPLACED, TIED
+from hfvllm_lab.backend.records import EMBEDDING, LINEAR, LM_HEAD, NORM, REPLACED, TIED
 from hfvllm_lab.parity import compare_generations
-from tests.conftest import engine_settings
+from tests.conftest import engine_settings, hf_module_counts
 
 MAX_TOKENS = 16
 
@@ -51,23 +49,6 @@ def test_prompt_logprobs_match_transformers(run):
     for v, h in zip(run["vllm"], run["hf"]):
         diff = compare_generations(h, v).max_prompt_logprob_diff
         assert diff is not None and diff < 1e-3, f"{run['name']} {v.prompt!r}: {diff}"
-
-
-def hf_module_counts(name: str) -> dict[str, int]:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(zoo.path(name))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    head = model.get_output_embeddings()
-    modules = list(model.modules())
-    return {
-        LINEAR: sum(isinstance(m, nn.Linear) and m is not head for m in modules),
-        LM_HEAD: 1,
-        NORM: sum("norm" in type(m).__name__.lower() for m in modules),
-        EMBEDDING: sum(isinstance(m, nn.Embedding) for m in modules),
-        ATTENTION: config.num_hidden_layers,
-    }
 
 
 def test_records_cover_every_linear_norm_and_embedding(run):

@@ -1,0 +1,113 @@
+"""Turn probe data (plain dicts from workers and the HF path) into result objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hfvllm_lab.backend.records import BuildReport
+from hfvllm_lab.device import MemoryFigure
+from hfvllm_lab.parity import compare_generations
+from hfvllm_lab.results.attention import AttentionLayerRow, AttentionReport
+from hfvllm_lab.results.comparison import BisectResult, ModuleDiff, PromptComparison
+from hfvllm_lab.results.generation import Generation
+from hfvllm_lab.results.memory import MemoryPhase, MemoryReport
+from hfvllm_lab.results.replacements import ModuleNode, ReplacementLog
+
+BACKEND_LABELS = {
+    "lab": "hfvllm_lab backend",
+    "transformers": "vLLM built-in Transformers backend",
+    "native": "vLLM native model",
+}
+
+
+def replacement_log(model: str, backend: str, build: dict | None, tree: list[dict]) -> ReplacementLog:
+    nodes = [ModuleNode(**n) for n in tree]
+    if build is not None:
+        report = BuildReport.from_dict(build)
+        return ReplacementLog(model, backend, report.hf_class, report.records, nodes)
+    note = (
+        "observed from module classes: this backend keeps no replacement records, so a leaf module "
+        "counts as replaced when its class comes from vLLM"
+        if backend == "transformers"
+        else "vLLM's native model class: nothing was replaced, every module is vLLM's own"
+    )
+    return ReplacementLog(model, backend, "", [], nodes, note)
+
+
+def memory_report(model: str, device: str, backend: str, before: MemoryFigure, build: dict | None,
+                  kv: dict[str, Any]) -> MemoryReport:
+    phases = [MemoryPhase("before", 0, 0, None, before.bytes, before.source)]
+    eager = None
+    note = ""
+    if build is not None:
+        report = BuildReport.from_dict(build)
+        eager = report.eager_param_bytes
+        for p in report.phases:
+            if p.phase == "before":
+                continue
+            phases.append(MemoryPhase(p.phase, p.device_bytes, p.meta_bytes, None, p.process_bytes, p.source,
+                                      p.seconds))
+    else:
+        note = "build phases are recorded by the lab backend only; this backend shows before and after"
+    phases.append(MemoryPhase("kv_cache", kv["param_bytes"], 0, kv["kv_cache_bytes"], kv["process_bytes"],
+                              kv["source"]))
+    return MemoryReport(model, device, backend, phases, eager, note)
+
+
+def attention_report(path: str, selected: str, counts: dict[str, Any], reason: str = "") -> AttentionReport:
+    rows = []
+    for layer in counts["layers"]:
+        per_impl: dict[str, int] = layer["counts"]
+        expected = layer["backend"] if selected == "vllm" or path == "hf" else selected
+        ran = per_impl.get(expected, 0)
+        others = {k: v for k, v in per_impl.items() if k != expected and v}
+        rows.append(AttentionLayerRow(
+            layer=layer["layer"], module=layer["module"], implementation=expected, calls=ran,
+            num_heads=layer.get("num_heads"), num_kv_heads=layer.get("num_kv_heads"),
+            head_size=layer.get("head_size"), sliding_window=layer.get("sliding_window"),
+            fallbacks=sum(others.values()),
+            fallback_reason=", ".join(f"{k} ran {v}x" for k, v in others.items()),
+        ))
+    if not reason:
+        reason = "requested" if selected != "vllm" else "vLLM paged attention (default)"
+    return AttentionReport(path, selected, reason, rows, counts.get("forward_calls", 0))
+
+
+def logprob_diffs(hf: Generation, vllm: Generation) -> list[float | None]:
+    diffs: list[float | None] = []
+    diverged = False
+    for step, (a, b) in enumerate(zip(hf.token_ids, vllm.token_ids)):
+        diverged = diverged or a != b
+        if diverged:
+            diffs.append(None)
+            continue
+        diffs.append(abs(hf.top_logprobs[step][a] - vllm.top_logprobs[step][b]))
+    return diffs
+
+
+def prompt_comparisons(reference: list[Generation], vllm: list[Generation]) -> list[PromptComparison]:
+    return [
+        PromptComparison(v.prompt, r, v, compare_generations(r, v), logprob_diffs(r, v))
+        for r, v in zip(reference, vllm)
+    ]
+
+
+def bisect_result(prompt: str, vllm_caps: dict, hf_caps: dict, tolerance: float) -> BisectResult:
+    """Walk the vLLM path's modules in execution order; the first whose output differs from HF's
+    by more than `tolerance` (relative to the HF output's RMS) is named."""
+    rows: list[ModuleDiff] = []
+    first = None
+    skipped = []
+    for name, v in vllm_caps.items():
+        h = hf_caps.get(name)
+        if h is None or h.shape != v.shape:
+            skipped.append(name)
+            continue
+        diff = float((v - h).abs().max())
+        scale = float(h.pow(2).mean().sqrt()) + 1e-6
+        ok = diff <= tolerance * max(1.0, scale)
+        rows.append(ModuleDiff(name, diff, ok))
+        if not ok and first is None:
+            first = name
+    note = f"not comparable (missing or differently shaped on the HF path): {', '.join(skipped)}" if skipped else ""
+    return BisectResult(prompt, tolerance, rows, first, note)

@@ -1,0 +1,1 @@
+"""Observe a running model (memory, timing, attention, hidden states) and return plain data."""

@@ -1,0 +1,45 @@
+"""The module tree of a built model, each node marked replaced / tied / routed / kept / skipped."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hfvllm_lab.backend.attention import ATTN_ATTR
+from hfvllm_lab.backend.records import ReplacementRecord
+from hfvllm_lab.results.replacements import KEPT, REPLACED, SKIPPED, ModuleNode
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def module_tree(root: nn.Module, records: list[ReplacementRecord] | None, strip: str = "") -> list[ModuleNode]:
+    """Nodes in `named_modules` order. With records (lab backend) statuses come from them;
+    without (other backends) a module counts as replaced when its class comes from vLLM."""
+    by_name = {r.name: r for r in records or []}
+    nodes: list[ModuleNode] = []
+    for name, module in root.named_modules():
+        if not name:
+            continue
+        if strip:
+            if not name.startswith(strip + "."):
+                continue
+            name = name[len(strip) + 1:]
+        parts = name.split(".")
+        if parts[-1] == ATTN_ATTR:
+            continue  # shown through the routed attention module that owns it
+        cls = type(module).__name__
+        record = by_name.get(name)
+        if record is not None:
+            node = ModuleNode(name, len(parts) - 1, cls, record.original_class, record.action, _params(module),
+                              record.reason)
+        elif records is None and type(module).__module__.startswith("vllm.") and not list(module.children()):
+            node = ModuleNode(name, len(parts) - 1, cls, cls, REPLACED, _params(module), "vLLM layer")
+        else:
+            reason = "container" if list(module.children()) else "not a replacement candidate"
+            node = ModuleNode(name, len(parts) - 1, cls, cls, SKIPPED, _params(module), reason)
+        nodes.append(node)
+    return nodes
+
+
+__all__ = ["module_tree", "KEPT"]

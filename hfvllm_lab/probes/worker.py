@@ -1,0 +1,168 @@
+"""Probes that run where the model lives: a vLLM worker extension, called with collective_rpc.
+
+Every method returns plain data (dicts, lists, CPU tensors), so the same calls work in-process
+and across processes under tensor parallelism (one answer per rank).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hfvllm_lab.device import memory_figure
+from hfvllm_lab.probes.capture import HiddenCapture
+from hfvllm_lab.probes.modules import observed_modules
+from hfvllm_lab.probes.timing import TimingProbe, vllm_step_phase
+from hfvllm_lab.probes.tree import module_tree
+
+EXTENSION = "hfvllm_lab.probes.worker.LabWorkerExtension"
+
+
+class LabWorkerExtension:
+    """Mixed into vLLM's worker class; `self` is the worker."""
+
+    # -- where things are ----------------------------------------------------------------
+    def _lab_model(self) -> torch.nn.Module:
+        return self.model_runner.get_model()
+
+    def _lab_is_lab(self) -> bool:
+        return hasattr(self._lab_model(), "lab_report")
+
+    def _lab_strip(self) -> str:
+        return "hf" if self._lab_is_lab() else ""
+
+    def _lab_num_layers(self) -> int:
+        return self.model_runner.model_config.hf_config.get_text_config().num_hidden_layers
+
+    def _lab_device(self) -> str:
+        return str(self.device) if hasattr(self, "device") else "cpu"
+
+    def _lab_observed(self):
+        return observed_modules(self._lab_model(), self._lab_num_layers(), self._lab_strip())
+
+    # -- build records, tree, memory -----------------------------------------------------
+    def lab_build_report(self) -> dict[str, Any] | None:
+        model = self._lab_model()
+        return model.lab_report.to_dict() if hasattr(model, "lab_report") else None
+
+    def lab_module_tree(self) -> list[dict[str, Any]]:
+        model = self._lab_model()
+        records = model.lab_report.records if hasattr(model, "lab_report") else None
+        return [node.__dict__ for node in module_tree(model, records, self._lab_strip())]
+
+    def lab_memory(self) -> dict[str, Any]:
+        """Figures after the KV cache is allocated: exact KV and parameter bytes, allocator/RSS."""
+        kv_bytes = 0
+        seen = set()
+        for cache in getattr(self.model_runner, "kv_caches", []) or []:
+            tensors = cache if isinstance(cache, (list, tuple)) else [cache]
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    kv_bytes += t.untyped_storage().nbytes()
+        model = self._lab_model()
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        figure = memory_figure(self._lab_device())
+        return {"kv_cache_bytes": kv_bytes, "param_bytes": param_bytes, "process_bytes": figure.bytes,
+                "source": figure.source}
+
+    # -- attention -----------------------------------------------------------------------
+    def lab_attention_start(self) -> None:
+        """Reset the per-layer counters and count model forward calls from now on."""
+        model = self._lab_model()
+        self._lab_forward_calls = 0
+        handles = getattr(self, "_lab_attention_handles", [])
+        for h in handles:
+            h.remove()
+        handles = [model.register_forward_pre_hook(self._lab_count_forward)]
+        if self._lab_is_lab():
+            for attn in self._lab_attention_layers():
+                attn.lab_counts.clear()
+        else:
+            # Other backends call `Attention.forward` directly (no module hooks fire), so count
+            # through an instance-level wrapper that `lab_attention_start` replaces each time.
+            self._lab_hook_counts = {}
+            for name, attn in self._lab_vllm_attention():
+                self._lab_hook_counts[name] = 0
+                vars(attn).pop("forward", None)
+                attn.forward = self._lab_counter(name, attn.forward)
+        self._lab_attention_handles = handles
+
+    def _lab_count_forward(self, module, args) -> None:
+        self._lab_forward_calls += 1
+
+    def _lab_counter(self, name, forward):
+        def counted(*args, **kwargs):
+            self._lab_hook_counts[name] += 1
+            return forward(*args, **kwargs)
+
+        return counted
+
+    def _lab_attention_layers(self):
+        from hfvllm_lab.backend.attention import ATTN_ATTR
+
+        return [getattr(m, ATTN_ATTR) for m in self._lab_model().modules() if hasattr(m, ATTN_ATTR)]
+
+    def _lab_vllm_attention(self):
+        from vllm.model_executor.layers.attention import Attention
+
+        return [(n, m) for n, m in self._lab_model().named_modules() if isinstance(m, Attention)]
+
+    def lab_attention_counts(self) -> dict[str, Any]:
+        """Per layer: implementation -> calls since `lab_attention_start`."""
+        layers = []
+        if self._lab_is_lab():
+            for attn in self._lab_attention_layers():
+                spec = attn.lab_spec
+                layers.append(dict(layer=spec.layer, module=spec.module, counts=dict(attn.lab_counts),
+                                   backend=attn.lab_backend, num_heads=spec.num_heads,
+                                   num_kv_heads=spec.num_kv_heads, head_size=spec.head_size,
+                                   sliding_window=spec.sliding_window))
+            mode = self._lab_model().lab_attention_mode
+        else:
+            for idx, (name, attn) in enumerate(self._lab_vllm_attention()):
+                backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vllm"
+                layers.append(dict(layer=idx, module=name, counts={backend: self._lab_hook_counts.get(name, 0)},
+                                   backend=backend, num_heads=getattr(attn, "num_heads", None),
+                                   num_kv_heads=getattr(attn, "num_kv_heads", None),
+                                   head_size=getattr(attn, "head_size", None),
+                                   sliding_window=getattr(attn, "sliding_window", None)))
+            mode = "vllm"
+        return {"layers": layers, "forward_calls": getattr(self, "_lab_forward_calls", 0), "mode": mode}
+
+    def lab_set_attention_mode(self, mode: str) -> None:
+        model = self._lab_model()
+        if not hasattr(model, "set_attention_mode"):
+            from hfvllm_lab.errors import AttentionPathError
+
+            raise AttentionPathError("only the lab backend can run HF attention inside the vLLM path")
+        model.set_attention_mode(mode)
+
+    # -- timing --------------------------------------------------------------------------
+    def lab_timing_start(self) -> None:
+        self.lab_timing_stop()  # never leave an older probe's hooks behind
+        model = self._lab_model()
+        self._lab_timing = TimingProbe(model, self._lab_observed(), self._lab_device(), vllm_step_phase,
+                                       logits_owner=model).attach()
+
+    def lab_timing_stop(self, warmup_steps: int = 0) -> dict[str, Any] | None:
+        probe = getattr(self, "_lab_timing", None)
+        if probe is None:
+            return None
+        self._lab_timing = None
+        probe.detach()
+        return probe.result("vllm", warmup_steps).to_dict()
+
+    # -- hidden states -------------------------------------------------------------------
+    def lab_capture_start(self) -> None:
+        self.lab_capture_stop()
+        self._lab_capture = HiddenCapture(self._lab_observed()).__enter__()
+
+    def lab_capture_stop(self) -> dict[str, torch.Tensor] | None:
+        capture = getattr(self, "_lab_capture", None)
+        if capture is None:
+            return None
+        self._lab_capture = None
+        capture.__exit__(None, None, None)
+        return dict(capture.outputs)

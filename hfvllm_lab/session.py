@@ -1,0 +1,272 @@
+"""`Session`: the toolkit's face. Builds one vLLM engine over a model and exposes what it did."""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from pathlib import Path
+
+from hfvllm_lab import zoo
+from hfvllm_lab.device import memory_figure, resolve_device, resolve_dtype
+from hfvllm_lab.errors import AttentionPathError, DeviceError, InputError, ProbeUnavailableError
+from hfvllm_lab.paths.vllm_path import BACKENDS, EngineSettings, VllmPath
+from hfvllm_lab.results.attention import AttentionReport
+from hfvllm_lab.results.comparison import BisectResult, Comparison
+from hfvllm_lab.results.generation import Generation
+from hfvllm_lab.results.memory import MemoryReport
+from hfvllm_lab.results.replacements import ReplacementLog
+from hfvllm_lab.results.timing import LayerTiming, timing_from_dict
+from hfvllm_lab.assemble import (
+    attention_report,
+    bisect_result,
+    memory_report,
+    prompt_comparisons,
+    replacement_log,
+)
+
+DEFAULT_PROMPTS = ["Hello, my name is", "The capital of France is", "vLLM runs HuggingFace models by"]
+ATTENTION_PATHS = ("vllm", "sdpa", "eager")
+
+# Sessions whose engine is alive; a new Session closes them so re-running a notebook cell frees
+# the previous engine instead of running out of memory.
+_LIVE: "weakref.WeakSet[Session]" = weakref.WeakSet()
+
+
+def check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts or [])
+    if not prompts:
+        raise InputError("prompts is empty: pass at least one prompt")
+    bad = [p for p in prompts if not isinstance(p, str) or not p]
+    if bad:
+        raise InputError(f"every prompt must be a non-empty string; got {bad[:3]!r}")
+    return prompts
+
+
+def check_max_tokens(max_tokens: int) -> int:
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    return max_tokens
+
+
+def vllm_device_type() -> str:
+    from vllm.platforms import current_platform
+
+    return current_platform.device_type
+
+
+class Session:
+    """One model on one engine: `replacements`, `memory`, `attention`, `profile()`, `compare()`."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str | None = None,
+        attention: str = "vllm",
+        backend: str = "lab",
+        max_model_len: int = 256,
+        max_num_seqs: int = 4,
+        tensor_parallel_size: int = 1,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        hf_attention: str = "auto",
+    ) -> None:
+        self._engine: VllmPath | None = None
+        if attention not in ATTENTION_PATHS:
+            raise AttentionPathError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTION_PATHS)}")
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if attention != "vllm" and backend != "lab":
+            raise AttentionPathError("HF attention inside the vLLM path needs backend='lab'")
+        if max_model_len < 8 or max_num_seqs < 1:
+            raise InputError("max_model_len must be >= 8 and max_num_seqs >= 1")
+        self.model_dir = zoo.resolve(model)
+        self.model_name = str(model) if model is not None else zoo.DEFAULT
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        engine_kind = vllm_device_type()
+        if self.device.split(":")[0] != engine_kind:
+            raise DeviceError(f"device {self.device!r} requested, but the installed vLLM runs on {engine_kind!r}")
+        self.attention_path = attention
+        self.backend = backend
+        self.hf_attention = hf_attention
+        self.trust_remote_code = trust_remote_code
+        self.settings = EngineSettings(
+            model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
+            max_model_len=max_model_len, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
+            seed=seed, trust_remote_code=trust_remote_code,
+        )
+        for other in list(_LIVE):
+            warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
+            other.close()
+        self._before = memory_figure(self.device)
+        self._start_engine()
+        _LIVE.add(self)
+        self._finalizer = weakref.finalize(self, VllmPath.close, self._engine)
+
+    # -- engine lifecycle -----------------------------------------------------------------
+    def _start_engine(self) -> None:
+        self._engine = VllmPath(self.settings)
+        self._kv_memory = self._engine.rpc("lab_memory")
+        self._build = self._engine.rpc("lab_build_report")
+        self._tree = self._engine.rpc("lab_module_tree")
+        if self.attention_path != "vllm":
+            self._engine.rpc("lab_set_attention_mode", self.attention_path)
+        self._engine.rpc("lab_attention_start")
+
+    @property
+    def engine(self) -> VllmPath:
+        if self._engine is None or self._engine.closed:
+            raise InputError("this Session is closed; create a new one")
+        return self._engine
+
+    def close(self) -> None:
+        """Free the engine (and its KV cache); the Session cannot run afterwards."""
+        if self._engine is not None:
+            self._engine.close()
+        _LIVE.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None or self._engine.closed
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (f"Session({self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, "
+                f"backend={self.backend!r}, attention={self.attention_path!r}, {state})")
+
+    def _repr_html_(self) -> str:
+        from hfvllm_lab.render.html import session_html
+
+        return session_html(self)
+
+    # -- observations ---------------------------------------------------------------------
+    @property
+    def replacements(self) -> ReplacementLog:
+        return replacement_log(self.model_name, self.backend, self._build, self._tree)
+
+    @property
+    def memory(self) -> MemoryReport:
+        return memory_report(self.model_name, self.device, self.backend, self._before, self._build, self._kv_memory)
+
+    @property
+    def attention(self) -> AttentionReport:
+        """Selected attention and, per layer, what executed since the Session started."""
+        return attention_report("vllm", self.attention_path, self.engine.rpc("lab_attention_counts"))
+
+    def reset_attention_counts(self) -> None:
+        self.engine.rpc("lab_attention_start")
+
+    # -- running --------------------------------------------------------------------------
+    def _refuse_hf_attention(self, what: str) -> None:
+        if self.attention_path != "vllm":
+            raise AttentionPathError(
+                f"{what} needs vLLM's paged attention: HF {self.attention_path} attention inside the vLLM path "
+                "keeps no KV history and cannot separate the sequences of a batch, so it only scores single "
+                "prompts (use score(), or Session(attention='vllm'))"
+            )
+
+    def generate(self, prompts=None, max_tokens: int = 16) -> list[Generation]:
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        check_max_tokens(max_tokens)
+        self._refuse_hf_attention("generation")
+        return self.engine.generate(prompts, max_tokens)
+
+    def score(self, prompts=None) -> list[Generation]:
+        """Prompt logprobs (one sampled token each); one prompt per step under HF attention."""
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        if self.attention_path == "vllm":
+            return self.engine.generate(prompts, 1)
+        return [self.engine.generate([p], 1)[0] for p in prompts]
+
+    def profile(self, prompts=None, max_tokens: int = 8, warmup: int = 1) -> LayerTiming:
+        """Per-layer time of prefill and decode steps (warm-up runs excluded)."""
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        check_max_tokens(max_tokens)
+        self._refuse_hf_attention("profile()")
+        for _ in range(warmup):
+            self.engine.generate(prompts, min(max_tokens, 2))
+        self.engine.rpc("lab_timing_start")
+        try:
+            self.engine.generate(prompts, max_tokens, prompt_logprobs=False)
+        finally:
+            data = self.engine.rpc("lab_timing_stop", warmup)
+        return timing_from_dict(data)
+
+    def bisect(self, prompt: str | None = None, tolerance: float | None = None) -> BisectResult:
+        """Hidden states of one prefill on both paths; names the first module that differs."""
+        from hfvllm_lab.paths.hf_side import HfSideRequest
+
+        prompt = check_prompts(prompt if prompt is not None else DEFAULT_PROMPTS[:1])[0]
+        self._check_bisectable()
+        vllm_caps = self._capture_vllm(prompt)
+        hf = self._run_hf(HfSideRequest(self.model_dir, self.device, self.dtype, self.hf_attention, [prompt], 1,
+                                        capture_prompt=prompt, trust_remote_code=self.trust_remote_code))
+        return bisect_result(prompt, vllm_caps, hf["captures"], self._tolerance(tolerance))
+
+    def _check_bisectable(self) -> None:
+        if self.backend == "native":
+            raise ProbeUnavailableError(
+                "bisect compares module outputs with transformers' modules; vLLM's native decoder layers "
+                "return (hidden, residual) pairs and fuse norms, so their outputs are not comparable"
+            )
+
+    def _tolerance(self, tolerance: float | None) -> float:
+        if tolerance is not None:
+            return tolerance
+        return 1e-3 if self.dtype == "float32" else 5e-2
+
+    def _capture_vllm(self, prompt: str) -> dict:
+        self._refuse_hf_attention("bisect")
+        self.engine.rpc("lab_capture_start")
+        try:
+            self.engine.generate([prompt], 1)
+        finally:
+            captures = self.engine.rpc("lab_capture_stop")
+        return captures
+
+    def _hf_isolated(self) -> bool:
+        """The HF path must run in a child process once vLLM's built-in Transformers backend has
+        patched this model's transformers classes in this process."""
+        from hfvllm_lab.paths.hf_side import transformers_patched_by_vllm
+
+        return transformers_patched_by_vllm(self.model_dir, self.trust_remote_code)
+
+    def _run_hf(self, req):
+        from hfvllm_lab.paths.hf_side import run_hf_side, run_hf_side_isolated
+
+        return run_hf_side_isolated(req) if self._hf_isolated() else run_hf_side(req)
+
+    def compare(self, prompts=None, max_tokens: int = 16, *, bisect: bool = False, against: str = "hf",
+                hf_attention: str | None = None, residency: str = "auto") -> Comparison:
+        """The HF-native path (or, with against="vllm", a second vLLM run) against this engine."""
+        from hfvllm_lab.session_compare import run_comparison
+
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        check_max_tokens(max_tokens)
+        self._refuse_hf_attention("compare()")
+        if against not in ("hf", "vllm"):
+            raise InputError(f"against must be 'hf' or 'vllm', got {against!r}")
+        if residency not in ("auto", "sequential", "both"):
+            raise InputError(f"residency must be auto, sequential or both, got {residency!r}")
+        if bisect:
+            self._check_bisectable()
+        return run_comparison(self, prompts, max_tokens, bisect=bisect, against=against,
+                              hf_attention=hf_attention or self.hf_attention, residency=residency)
+
+    def dashboard(self):
+        from hfvllm_lab.render.widgets import Dashboard
+
+        return Dashboard(session=self).widget
+
+
+__all__ = ["Session", "DEFAULT_PROMPTS"]
