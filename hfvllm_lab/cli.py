@@ -25,11 +25,13 @@ def compare(args: argparse.Namespace) -> int:
         from hfvllm_lab.render.report import session_report_html
 
         title = f"hfvllm_lab: {cmp.model} on {cmp.device} ({cmp.dtype})"
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(session_report_html(title, replacements, memory, attention, cmp))
         print(f"\nHTML report: {args.html}")
     if args.json:
         data = {"comparison": cmp.to_dict(), "replacements": replacements.to_dict(), "memory": memory.to_dict(),
                 "attention": attention.to_dict()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1, default=str))
         print(f"JSON: {args.json}")
     return 0 if cmp.ok else 1

@@ -56,8 +56,11 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     kv = engine.rpc("lab_memory")
     vllm_caps = session._capture_vllm(prompts[0]) if bisect else None
     vllm_label = BACKEND_LABELS[session.backend]
+    param_bytes = _engine_param_bytes(session, kv)
+    engine_bytes = kv["process_bytes"] - session._before.bytes
+    source = f"{kv['source']} delta"
     figures = {"vllm": PathFigures("vllm", vllm_label, _rate(vllm_out, vllm_seconds), _count(vllm_out),
-                                   vllm_seconds, kv["param_bytes"], kv["process_bytes"], kv["source"])}
+                                   vllm_seconds, param_bytes, engine_bytes, source)}
     timing = {"vllm": vllm_timing}
 
     if against == "vllm":
@@ -65,8 +68,7 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
         ref_out = engine.generate(prompts, max_tokens)
         ref_seconds = time.perf_counter() - begin
         figures["reference"] = PathFigures("vllm", f"{vllm_label} (second run)", _rate(ref_out, ref_seconds),
-                                           _count(ref_out), ref_seconds, kv["param_bytes"], kv["process_bytes"],
-                                           kv["source"])
+                                           _count(ref_out), ref_seconds, param_bytes, engine_bytes, source)
         cmp = Comparison(session.model_name, session.device, session.dtype, prompt_comparisons(ref_out, vllm_out),
                          figures, timing, "one engine, run twice")
         if bisect:
@@ -97,6 +99,15 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     if bisect:
         cmp.bisect = bisect_result(prompts[0], vllm_caps, hf["captures"], session._tolerance(None))
     return cmp
+
+
+def _engine_param_bytes(session: "Session", kv: dict) -> int:
+    """Parameter bytes as loaded. vLLM's CPU backend repacks linear weights after loading into
+    storage that is no longer a Parameter, so the build report's figure is the honest one."""
+    for phase in (session._build or {}).get("phases", []):
+        if phase["phase"] == "loaded":
+            return phase["device_bytes"]
+    return kv["param_bytes"]
 
 
 def _count(gens: list[Generation]) -> int:

@@ -133,6 +133,17 @@ def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple
     return found
 
 
+def check_tensor_parallel(config, tp_size: int) -> None:
+    """k_proj/v_proj are split column-wise like q_proj, so query and KV heads must both divide
+    evenly (replicating fewer KV heads than ranks, as vLLM's fused QKV layer does, is not built)."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if heads % tp_size or kv_heads % tp_size:
+        raise UnsupportedModelError(
+            f"{heads} attention heads / {kv_heads} KV heads do not split evenly over tensor-parallel size {tp_size}"
+        )
+
+
 def _layer_type(config, idx: int) -> str | None:
     types = getattr(config, "layer_types", None)
     return types[idx] if types and idx < len(types) else None
@@ -156,8 +167,7 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
     else:
         window = None
     softcap = getattr(module, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
-    if heads % tp_size:
-        raise UnsupportedModelError(f"{heads} attention heads do not split over tensor-parallel size {tp_size}")
+    check_tensor_parallel(config, tp_size)
     return AttentionLayerSpec(
         layer=idx,
         module=name,

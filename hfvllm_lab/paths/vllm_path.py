@@ -54,6 +54,11 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
     if settings.backend not in BACKENDS:
         raise InputError(f"unknown backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
     config = AutoConfig.from_pretrained(settings.model_dir, trust_remote_code=settings.trust_remote_code)
+    if settings.backend == "lab" and settings.tensor_parallel_size > 1:
+        from hfvllm_lab.backend.attention import check_tensor_parallel
+
+        # Checked here too: inside worker processes the error would reach us only as a log line.
+        check_tensor_parallel(config.get_text_config(), settings.tensor_parallel_size)
     kwargs: dict[str, Any] = dict(
         model=str(settings.model_dir),
         dtype=settings.dtype,
@@ -70,8 +75,9 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         # timing, and HF-attention scoring writes no KV that a later request could reuse.
         enable_prefix_caching=False,
     )
-    if settings.device.startswith("cpu"):
-        kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
+    # On every device: without it the CPU backend reserves ~90% of RAM and GPUs a fixed share of
+    # the card, leaving no room for the HF path a notebook compares against.
+    kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
     if settings.backend == "lab":
         kwargs["hf_overrides"] = {"architectures": [ARCH]}
     elif settings.backend == "transformers":

@@ -1,0 +1,49 @@
+"""Tensor parallelism on the CPU wheel: two ranks in worker processes, linears split by tp_plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from hfvllm_lab import zoo
+from hfvllm_lab.errors import UnsupportedModelError
+from hfvllm_lab.parity import compare_generations
+from tests.conftest import engine_settings
+
+PROMPTS = ["Hello world", "The quick brown fox"]
+
+
+@pytest.fixture
+def tp_env(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core list per rank
+
+
+def tp2(name):
+    from hfvllm_lab.paths.vllm_path import VllmPath
+
+    return VllmPath(engine_settings(zoo.path(name), tensor_parallel_size=2,
+                                    extra={"distributed_executor_backend": "mp"}))
+
+
+def test_tp2_splits_by_the_plan_and_matches_transformers(tp_env):
+    from hfvllm_lab.paths.hf_path import HfPath
+
+    path = tp2("qwen3")
+    try:
+        report = path.rpc("lab_build_report")
+        out = path.generate(PROMPTS, 8)
+    finally:
+        path.close()
+    classes = {r["name"].rsplit(".", 1)[-1]: r["new_class"] for r in report["records"] if r["kind"] == "linear"}
+    assert classes["q_proj"] == classes["up_proj"] == "ColumnParallelLinear"
+    assert classes["o_proj"] == classes["down_proj"] == "RowParallelLinear"
+    assert report["tensor_parallel_size"] == 2
+    assert {(a["num_heads"], a["num_kv_heads"]) for a in report["attention"]} == {(2, 1)}
+    hf = HfPath(zoo.path("qwen3")).generate(PROMPTS, 8)
+    for a, b in zip(hf, out):
+        verdict = compare_generations(a, b)
+        assert verdict.ok and verdict.max_prompt_logprob_diff < 1e-3, verdict.reason
+
+
+def test_kv_heads_that_do_not_split_are_refused(tp_env):
+    with pytest.raises(UnsupportedModelError, match="1 KV heads do not split evenly"):
+        tp2("gemma")  # MQA: one KV head
