@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hfvllm_lab-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv browser clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,20 @@ demo: $(STAMP)
 	mkdir -p build
 	$(PY) -m hfvllm_lab.cli compare --bisect --html build/report.html --json build/report.json
 
-test: $(STAMP)
+# tests/test_browser.py drives Debian's chromium with playwright (dev extra; its wheel bundles the
+# driver, no `playwright install`). Idempotent: installs chromium once, as root (CI); otherwise says
+# why the browser test will be skipped.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for tests/test_browser.py"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "chromium is missing and this is not root: tests/test_browser.py will be skipped" \
+			"(install it with: sudo apt-get install chromium)"; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 clean:

@@ -49,8 +49,11 @@ def memory_report(model: str, device: str, backend: str, before: MemoryFigure, b
                                       p.seconds))
     else:
         note = "build phases are recorded by the lab backend only; this backend shows before and after"
-    phases.append(MemoryPhase("kv_cache", kv["param_bytes"], 0, kv["kv_cache_bytes"], kv["process_bytes"],
-                              kv["source"]))
+    # vLLM's CPU backend repacks linear weights after loading into storage that is no longer a
+    # Parameter; the parameters are still there, so carry the loaded figure forward.
+    loaded = next((p.param_bytes for p in phases if p.phase == "loaded"), None)
+    param_bytes = kv["param_bytes"] if loaded is None else max(loaded, kv["param_bytes"])
+    phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv["kv_cache_bytes"], kv["process_bytes"], kv["source"]))
     return MemoryReport(model, device, backend, phases, eager, note)
 
 

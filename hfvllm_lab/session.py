@@ -90,6 +90,12 @@ class Session:
         engine_kind = vllm_device_type()
         if self.device.split(":")[0] != engine_kind:
             raise DeviceError(f"device {self.device!r} requested, but the installed vLLM runs on {engine_kind!r}")
+        if attention == "sdpa":
+            from hfvllm_lab.paths.hf_path import choose_hf_attention
+            from transformers import AutoConfig
+
+            # Refused before any engine is built or an older Session closed.
+            choose_hf_attention(AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code), "sdpa")
         self.attention_path = attention
         self.backend = backend
         self.hf_attention = hf_attention
@@ -110,12 +116,16 @@ class Session:
     # -- engine lifecycle -----------------------------------------------------------------
     def _start_engine(self) -> None:
         self._engine = VllmPath(self.settings)
-        self._kv_memory = self._engine.rpc("lab_memory")
-        self._build = self._engine.rpc("lab_build_report")
-        self._tree = self._engine.rpc("lab_module_tree")
-        if self.attention_path != "vllm":
-            self._engine.rpc("lab_set_attention_mode", self.attention_path)
-        self._engine.rpc("lab_attention_start")
+        try:
+            self._kv_memory = self._engine.rpc("lab_memory")
+            self._build = self._engine.rpc("lab_build_report")
+            self._tree = self._engine.rpc("lab_module_tree")
+            if self.attention_path != "vllm":
+                self._engine.rpc("lab_set_attention_mode", self.attention_path)
+            self._engine.rpc("lab_attention_start")
+        except BaseException:
+            self._engine.close()  # a refused start must not leave an engine behind
+            raise
 
     @property
     def engine(self) -> VllmPath:

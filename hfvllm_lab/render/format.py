@@ -170,7 +170,7 @@ def count_rows(log) -> tuple[list[str], list[tuple[str, dict[str, int], int, str
     actions = ordered_keys({a for per in counts.values() for a in per} | set(ACTION_ORDER), ACTION_ORDER)
     new: dict[str, set[str]] = {}
     for r in log.records:
-        if r.new_class and r.new_class != r.original_class:
+        if r.new_class:  # same-named classes (HF and vLLM GemmaRMSNorm) are still replacements
             new.setdefault(r.original_class, set()).add(r.new_class)
     rows = [(cls, per, sum(per.values()), ", ".join(sorted(new.get(cls, ()))))
             for cls, per in sorted(counts.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))]

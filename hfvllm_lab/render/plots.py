@@ -11,6 +11,7 @@ from hfvllm_lab.render.format import (
     STATUS_COLORS,
     UNKNOWN_COLOR,
     bytes_scale,
+    fmt_bytes,
     fmt_seconds,
     ordered_keys,
     seconds_scale,
@@ -59,29 +60,62 @@ def plot_replacement_counts(log, ax=None):
 
 
 def plot_memory(report, ax=None):
-    """Per phase: exact parameter bytes and the process figure (labelled with its source); the eager
-    (non-meta) parameter bytes as a dashed line."""
+    """Two panels, because the exact tensor bytes (KiB..MiB on small models) vanish next to a process
+    figure of hundreds of MiB on one axis: per phase, the exact tensor bytes (parameters and KV cache,
+    stacked; the eager (non-meta) parameter bytes as a dashed line), and the process figure labelled
+    with its source. With `ax`, only the tensor panel is drawn, into `ax`."""
     phases = report.phases
-    values = [v for p in phases for v in (p.param_bytes, p.process_bytes) if v is not None]
-    if report.eager_param_bytes is not None:
-        values.append(report.eager_param_bytes)
-    divisor, unit = bytes_scale(max(values, default=0))
-    fig, ax = _figure(ax, (max(5.0, 1.2 * len(phases) + 2), 3.5))
-    x = range(len(phases))
     nan = float("nan")
-    params = [p.param_bytes / divisor if p.param_bytes is not None else nan for p in phases]
-    process = [p.process_bytes / divisor if p.process_bytes is not None else nan for p in phases]
-    sources = ", ".join(dict.fromkeys(p.source for p in phases if p.source)) or "unknown source"
-    width = 0.38
-    ax.bar([i - width / 2 for i in x], params, width, label="params (exact tensor bytes)", color="#1e88e5")
-    ax.bar([i + width / 2 for i in x], process, width, label=f"process ({sources})", color="#9e9e9e")
+    x = list(range(len(phases)))
+    labels = [p.phase for p in phases]
+    if ax is not None:
+        fig, ax_tensor = _figure(ax, (5.0, 3.5))
+        ax_process = None
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(max(9.0, 2.2 * len(phases) + 3), 3.6), layout="constrained")
+        ax_tensor, ax_process = fig.subplots(1, 2)
+
+    # Tensor panel: exact bytes, params with the KV cache stacked on top.
+    tensor_values = [(p.param_bytes or 0) + (p.kv_cache_bytes or 0) for p in phases]
     if report.eager_param_bytes is not None:
-        ax.axhline(report.eager_param_bytes / divisor, color="#e53935", linestyle="--", linewidth=1,
-                   label="eager init params")
-    ax.set_xticks(list(x), [p.phase for p in phases])
-    ax.set_ylabel(unit)
-    ax.set_title(f"Memory by phase: {report.model} on {report.device}")
-    ax.legend(fontsize="small")
+        tensor_values.append(report.eager_param_bytes)
+    divisor, unit = bytes_scale(max(tensor_values, default=0))
+    params = [p.param_bytes / divisor if p.param_bytes is not None else nan for p in phases]
+    kv = [p.kv_cache_bytes / divisor if p.kv_cache_bytes is not None else 0.0 for p in phases]
+    bottom = [0.0 if v != v else v for v in params]  # NaN (not measured) stacks from zero
+    ax_tensor.bar(x, params, 0.6, label="params", color="#1e88e5")
+    ax_tensor.bar(x, kv, 0.6, bottom=bottom, label="kv cache", color="#8e24aa")
+    if report.eager_param_bytes is not None:
+        ax_tensor.axhline(report.eager_param_bytes / divisor, color="#e53935", linestyle="--", linewidth=1,
+                          label="eager init params")
+    for i, p in enumerate(phases):  # exact figures on the bars: small params stay readable next to the KV cache
+        parts = [fmt_bytes(p.param_bytes)] if p.param_bytes is not None else []
+        if p.kv_cache_bytes:
+            parts.append(f"+{fmt_bytes(p.kv_cache_bytes)} kv")
+        if parts:
+            ax_tensor.annotate("\n".join(parts), (i, bottom[i] + kv[i]), xytext=(0, 2), textcoords="offset points",
+                               ha="center", va="bottom", fontsize="x-small")
+    ax_tensor.margins(y=0.2)
+    ax_tensor.set_xticks(x, labels, rotation=30, ha="right")
+    ax_tensor.set_ylabel(unit)
+    ax_tensor.set_title(f"Exact tensor bytes: {report.model} on {report.device}", fontsize="medium")
+    ax_tensor.legend(fontsize="small")
+
+    if ax_process is not None:
+        process_values = [p.process_bytes for p in phases if p.process_bytes is not None]
+        pdiv, punit = bytes_scale(max(process_values, default=0))
+        process = [p.process_bytes / pdiv if p.process_bytes is not None else nan for p in phases]
+        sources = ", ".join(dict.fromkeys(p.source for p in phases if p.source)) or "unknown source"
+        ax_process.bar(x, process, 0.6, label=f"process ({sources})", color="#9e9e9e")
+        ax_process.set_xticks(x, labels, rotation=30, ha="right")
+        ax_process.set_ylabel(punit)
+        ax_process.set_title(f"Process figure ({sources})", fontsize="medium")
+        if not process_values:
+            ax_process.text(0.5, 0.5, "no process figure", ha="center", va="center",
+                            transform=ax_process.transAxes)
+        ax_process.legend(fontsize="small")
     return fig
 
 

@@ -32,15 +32,28 @@ def test_replacement_counts_stack_by_action():
     assert log.plot() is not None
 
 
-def test_memory_bars_per_phase_and_eager_line():
+def test_memory_tensor_and_process_panels():
     report = fixtures.memory_report()
     fig = plots.plot_memory(report)
-    ax = fig.axes[0]
-    assert len(ax.containers) == 2 and bars(ax) == 2 * len(report.phases)
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "process (process RSS (psutil))" in labels and "eager init params" in labels
-    assert ax.get_ylabel() == "GiB"
+    assert len(fig.axes) == 2
+    tensor_ax, process_ax = fig.axes
+    # params and kv cache stacked per phase, exact bytes on their own scale
+    assert len(tensor_ax.containers) == 2 and bars(tensor_ax) == 2 * len(report.phases)
+    labels = [t.get_text() for t in tensor_ax.get_legend().get_texts()]
+    assert sorted(labels) == ["eager init params", "kv cache", "params"]
+    assert tensor_ax.get_ylabel() == "GiB"
+    # the process figure, labelled with its source
+    assert len(process_ax.containers) == 1 and bars(process_ax) == len(report.phases)
+    assert "process (process RSS (psutil))" in [t.get_text() for t in process_ax.get_legend().get_texts()]
+    assert "process RSS (psutil)" in process_ax.get_title()
     assert isinstance(report.plot(), Figure)
+
+
+def test_memory_into_a_given_axes_draws_the_tensor_panel():
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plots.plot_memory(fixtures.memory_report(), ax=ax) is fig
+    assert len(fig.axes) == 1 and "tensor" in ax.get_title()
 
 
 def test_timing_both_phases_side_by_side_or_one():
@@ -87,6 +100,6 @@ def test_empty_objects_still_plot():
 
     assert len(plots.plot_replacement_counts(ReplacementLog("m", "lab", "X")).axes) == 1
     none = MemoryReport("m", "cpu", "lab", [MemoryPhase("before", None, None, None, None, "")])
-    assert len(plots.plot_memory(none).axes) == 1
+    assert len(plots.plot_memory(none).axes) == 2
     assert len(plots.plot_timing(LayerTiming("vllm", "cpu", "perf_counter")).axes) == 1
     assert len(plots.plot_comparison(Comparison("m", "cpu", "float32")).axes) == 2
