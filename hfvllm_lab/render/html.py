@@ -276,3 +276,12 @@ def figure_to_img_tag(fig, alt: str = "figure", dpi: int = 100) -> str:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img class="hvl-figure" alt="{escape(alt)}" src="data:image/png;base64,{data}"/>'
+
+
+def generation_html(gen) -> str:
+    """One prompt's generation: tokens with the logprob each was chosen with."""
+    rows = [[step, token, fmt_sci(top.get(token)) if top else "-"]
+            for step, (token, top) in enumerate(zip(gen.token_ids, gen.top_logprobs or [{}] * len(gen.token_ids)))]
+    head = (f"<div><b>{escape(repr(gen.prompt))}</b> ({len(gen.prompt_token_ids)} prompt tokens) "
+            f"&rarr; {escape(repr(gen.text))}</div>")
+    return head + table(["step", "token", "logprob"], rows, align="rrr", css_class="hvl-generation")

@@ -45,6 +45,11 @@ class BisectResult:
         return plain({"prompt": self.prompt, "tolerance": self.tolerance, "rows": self.rows,
                       "first_divergent": self.first_divergent, "note": self.note})
 
+    def __repr__(self) -> str:
+        from hfvllm_lab.render.text import bisect_text
+
+        return bisect_text(self)
+
     def _repr_html_(self) -> str:
         from hfvllm_lab.render.html import bisect_html
 

@@ -23,6 +23,18 @@ class Generation:
         data["top_logprobs"] = [{str(k): v for k, v in d.items()} for d in self.top_logprobs]
         return data
 
+    def to_frame(self):
+        """One row per generated step: token and the logprob it was chosen with."""
+        from hfvllm_lab.results._base import frame
+
+        tops = self.top_logprobs or [{}] * len(self.token_ids)
+        return frame([{"step": i, "token": t, "logprob": top.get(t)} for i, (t, top) in enumerate(zip(self.token_ids, tops))])
+
+    def _repr_html_(self) -> str:
+        from hfvllm_lab.render.html import generation_html
+
+        return generation_html(self)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Generation":
         data = dict(data)

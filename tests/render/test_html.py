@@ -141,3 +141,14 @@ def test_session_card_reads_plain_attributes_only():
     frag = html.session_html(FakeSession())
     c = parse(frag)
     assert "&lt;script&gt;" in frag and c.with_class("hvl-ok") and "bfloat16" in frag
+
+
+def test_generation_html_lists_steps_and_escapes_the_prompt():
+    from hfvllm_lab.results.generation import Generation
+
+    gen = Generation("<script>x</script>", [256, 1], [5, 6], "ab", [{5: -0.25}, {6: -1.5}], [None, -2.0])
+    html = gen._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "hvl-generation" in html and html.count("<tr") == 3  # header + two steps
+    frame = gen.to_frame()
+    assert list(frame["token"]) == [5, 6] and list(frame["logprob"]) == [-0.25, -1.5]
