@@ -6,7 +6,7 @@ from typing import Any
 
 from hfvllm_lab.backend.records import BuildReport
 from hfvllm_lab.device import MemoryFigure
-from hfvllm_lab.parity import compare_generations
+from hfvllm_lab.parity import LOGPROB_TOLERANCE, compare_generations, step_logprob_diffs
 from hfvllm_lab.results.attention import AttentionLayerRow, AttentionReport
 from hfvllm_lab.results.comparison import BisectResult, ModuleDiff, PromptComparison
 from hfvllm_lab.results.generation import Generation
@@ -76,28 +76,17 @@ def attention_report(path: str, selected: str, counts: dict[str, Any], reason: s
     return AttentionReport(path, selected, reason, rows, counts.get("forward_calls", 0))
 
 
-def logprob_diffs(hf: Generation, vllm: Generation) -> list[float | None]:
-    diffs: list[float | None] = []
-    diverged = False
-    for step, (a, b) in enumerate(zip(hf.token_ids, vllm.token_ids)):
-        diverged = diverged or a != b
-        if diverged:
-            diffs.append(None)
-            continue
-        diffs.append(abs(hf.top_logprobs[step][a] - vllm.top_logprobs[step][b]))
-    return diffs
-
-
-def prompt_comparisons(reference: list[Generation], vllm: list[Generation]) -> list[PromptComparison]:
+def prompt_comparisons(reference: list[Generation], vllm: list[Generation], dtype: str) -> list[PromptComparison]:
+    tol = LOGPROB_TOLERANCE.get(dtype, 0.1)
     return [
-        PromptComparison(v.prompt, r, v, compare_generations(r, v), logprob_diffs(r, v))
+        PromptComparison(v.prompt, r, v, compare_generations(r, v, logprob_tol=tol), step_logprob_diffs(r, v))
         for r, v in zip(reference, vllm)
     ]
 
 
 def bisect_result(prompt: str, vllm_caps: dict, hf_caps: dict, tolerance: float) -> BisectResult:
     """Walk the vLLM path's modules in execution order; the first whose output differs from HF's
-    by more than `tolerance` (relative to the HF output's RMS) is named."""
+    by more than `tolerance` times the HF output's RMS is named."""
     rows: list[ModuleDiff] = []
     first = None
     skipped = []
@@ -107,8 +96,8 @@ def bisect_result(prompt: str, vllm_caps: dict, hf_caps: dict, tolerance: float)
             skipped.append(name)
             continue
         diff = float((v - h).abs().max())
-        scale = float(h.pow(2).mean().sqrt()) + 1e-6
-        ok = diff <= tolerance * max(1.0, scale)
+        rms = float(h.pow(2).mean().sqrt())
+        ok = diff <= tolerance * max(rms, 1e-6)
         rows.append(ModuleDiff(name, diff, ok))
         if not ok and first is None:
             first = name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 
@@ -14,12 +13,10 @@ def compare(args: argparse.Namespace) -> int:
 
     prompts = args.prompt or DEFAULT_PROMPTS
     print(f"hfvllm-lab compare: {args.model or 'embedded default (zoo: llama)'}", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend) as session:
-            print(f"{session!r}\n", flush=True)
-            cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect)
-            replacements, memory, attention = session.replacements, session.memory, session.attention
+    with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend) as session:
+        print(f"{session!r}\n", flush=True)
+        cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect)
+        replacements, memory, attention = session.replacements, session.memory, session.attention
     print(repr(replacements), repr(memory), repr(attention), repr(cmp), sep="\n\n")
     if args.html:
         from hfvllm_lab.render.report import session_report_html

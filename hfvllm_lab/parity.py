@@ -1,11 +1,15 @@
-"""Parity of two generations by vLLM's own convention: equal greedy tokens, or at the first
-differing step each token in the other's top-k with a small logprob gap."""
+"""Parity of two generations: vLLM's own token rule (equal greedy tokens, or at the first
+differing step each token in the other's top-k with a small logprob gap), plus a logprob bound,
+because a dropped constant logit scale leaves every argmax, and so every token, unchanged."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hfvllm_lab.results.generation import Generation
+
+# Logprob bound by dtype: float32 paths agree to ~1e-5 here; half precision rounds every layer.
+LOGPROB_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.1}
 
 
 @dataclass(frozen=True)
@@ -18,8 +22,30 @@ class TokenParity:
     max_prompt_logprob_diff: float | None
 
 
-def compare_generations(a: Generation, b: Generation, top_k: int = 5, max_gap: float = 0.05) -> TokenParity:
+def step_logprob_diffs(a: Generation, b: Generation) -> list[float | None]:
+    """Per step: |logprob a - logprob b| of the token both chose; None from the first divergence."""
+    diffs: list[float | None] = []
+    diverged = False
+    for step, (ta, tb) in enumerate(zip(a.token_ids, b.token_ids)):
+        diverged = diverged or ta != tb
+        diffs.append(None if diverged else abs(a.top_logprobs[step][ta] - b.top_logprobs[step][tb]))
+    return diffs
+
+
+def compare_generations(a: Generation, b: Generation, top_k: int = 5, max_gap: float = 0.05,
+                        logprob_tol: float | None = None) -> TokenParity:
     prompt_diff = max_prompt_logprob_diff(a, b)
+    verdict = _token_verdict(a, b, top_k, max_gap, prompt_diff)
+    if not verdict.ok or logprob_tol is None:
+        return verdict
+    worst = max([d for d in step_logprob_diffs(a, b) if d is not None] + [prompt_diff or 0.0])
+    if worst > logprob_tol:
+        return TokenParity(False, verdict.first_divergence,
+                           f"{verdict.reason}, but logprobs differ by up to {worst:.3g} > {logprob_tol:g}", prompt_diff)
+    return verdict
+
+
+def _token_verdict(a: Generation, b: Generation, top_k: int, max_gap: float, prompt_diff) -> TokenParity:
     for step, (ta, tb) in enumerate(zip(a.token_ids, b.token_ids)):
         if ta == tb:
             continue

@@ -16,13 +16,7 @@ from hfvllm_lab.results.generation import Generation
 from hfvllm_lab.results.memory import MemoryReport
 from hfvllm_lab.results.replacements import ReplacementLog
 from hfvllm_lab.results.timing import LayerTiming, timing_from_dict
-from hfvllm_lab.assemble import (
-    attention_report,
-    bisect_result,
-    memory_report,
-    prompt_comparisons,
-    replacement_log,
-)
+from hfvllm_lab.assemble import attention_report, bisect_result, memory_report, replacement_log
 
 DEFAULT_PROMPTS = ["Hello, my name is", "The capital of France is", "vLLM runs HuggingFace models by"]
 ATTENTION_PATHS = ("vllm", "sdpa", "eager")
@@ -108,14 +102,19 @@ class Session:
         for other in list(_LIVE):
             warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
             other.close()
-        self._before = memory_figure(self.device)
+        self._finalizer = None
         self._start_engine()
         _LIVE.add(self)
-        self._finalizer = weakref.finalize(self, VllmPath.close, self._engine)
 
     # -- engine lifecycle -----------------------------------------------------------------
     def _start_engine(self) -> None:
+        """Build (or rebuild) the engine; its memory baseline, records and counters start afresh."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._before = memory_figure(self.device)
         self._engine = VllmPath(self.settings)
+        # Frees the engine if the Session is dropped without close().
+        self._finalizer = weakref.finalize(self, VllmPath.close, self._engine)
         try:
             self._kv_memory = self._engine.rpc("lab_memory")
             self._build = self._engine.rpc("lab_build_report")

@@ -69,7 +69,7 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
         ref_seconds = time.perf_counter() - begin
         figures["reference"] = PathFigures("vllm", f"{vllm_label} (second run)", _rate(ref_out, ref_seconds),
                                            _count(ref_out), ref_seconds, param_bytes, engine_bytes, source)
-        cmp = Comparison(session.model_name, session.device, session.dtype, prompt_comparisons(ref_out, vllm_out),
+        cmp = Comparison(session.model_name, session.device, session.dtype, prompt_comparisons(ref_out, vllm_out, session.dtype),
                          figures, timing, "one engine, run twice")
         if bisect:
             cmp.bisect = bisect_result(prompts[0], vllm_caps, session._capture_vllm(prompts[0]),
@@ -83,6 +83,7 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     req = HfSideRequest(session.model_dir, session.device, session.dtype, hf_attention, prompts, max_tokens,
                         capture_prompt=prompts[0] if bisect else None, trust_remote_code=session.trust_remote_code)
     if sequential:
+        why += "; the rebuilt engine's attention counters start from zero"
         engine.close()
     try:
         hf = session._run_hf(req)
@@ -94,7 +95,7 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
                                 _rate(hf_out, hf["seconds"]), _count(hf_out), hf["seconds"], hf["param_bytes"],
                                 hf["memory_bytes"], hf["memory_source"])
     timing["hf"] = timing_from_dict(hf["timing"])
-    cmp = Comparison(session.model_name, session.device, session.dtype, prompt_comparisons(hf_out, vllm_out),
+    cmp = Comparison(session.model_name, session.device, session.dtype, prompt_comparisons(hf_out, vllm_out, session.dtype),
                      figures, timing, why)
     if bisect:
         cmp.bisect = bisect_result(prompts[0], vllm_caps, hf["captures"], session._tolerance(None))

@@ -57,3 +57,17 @@ def hf_module_counts(name: str) -> dict[str, int]:
         EMBEDDING: sum(isinstance(m, nn.Embedding) for m in modules),
         ATTENTION: config.num_hidden_layers,
     }
+
+
+def hf_parameter_bytes(name: str) -> int:
+    """float32 bytes of the HF model's unique parameters, counted on an independent meta build."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfvllm_lab import zoo
+
+    config = AutoConfig.from_pretrained(zoo.path(name))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.tie_weights()
+    return sum(p.numel() * 4 for p in model.parameters())

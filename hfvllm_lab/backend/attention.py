@@ -39,6 +39,9 @@ def lab_attention_forward(
             f"lab attention but has no vLLM Attention attached; it was not built by the lab backend"
         )
     _check_agrees(module, attn, scaling, sliding_window, softcap)
+    if attention_mask is not None or kwargs.get("s_aux") is not None:
+        what = "an attention mask" if attention_mask is not None else "attention sinks (s_aux)"
+        raise AttentionPathError(f"{attn.lab_spec.module} passes {what}, which the lab's vLLM attention would drop")
     tokens = query.shape[-2]
     if attn.lab_override is not None:
         # HF attention inside the vLLM path: the model checked that this forward is one sequence
@@ -168,6 +171,11 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
         window = None
     softcap = getattr(module, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
     check_tensor_parallel(config, tp_size)
+    if tp_size > 1 and not all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj")):
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}) has no separate q/k/v projections; a fused QKV projection "
+            "cannot be split per head by the model's tp_plan"
+        )
     return AttentionLayerSpec(
         layer=idx,
         module=name,

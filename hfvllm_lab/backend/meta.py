@@ -32,6 +32,10 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
 
 
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def parameter_bytes(module: nn.Module) -> tuple[int, int]:
     """(bytes on real devices, bytes still on meta) over unique parameters."""
     real = meta = 0

@@ -71,6 +71,28 @@ def check_single_sequence(positions: torch.Tensor, mode: str) -> None:
         )
 
 
+# Rope variants whose frequencies HF picks from the largest position in the forward: vLLM's
+# flattened batch would let one long sequence change the rope of every other one.
+BATCH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def check_config(text_config) -> None:
+    """Refuse configs whose maths the flattened, mask-free forward cannot reproduce."""
+    params = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    layers = params.values() if params and all(isinstance(v, dict) for v in params.values()) else [params]
+    for p in layers:
+        rope_type = (p or {}).get("rope_type") or (p or {}).get("type")
+        if rope_type in BATCH_DEPENDENT_ROPE:
+            raise UnsupportedModelError(
+                f"rope type {rope_type!r} derives its frequencies from the largest position in a forward; "
+                "in vLLM's flattened batch that would mix sequences"
+            )
+    if getattr(text_config, "attention_chunk_size", None):
+        raise UnsupportedModelError(
+            "chunked attention lives only in HF's attention mask, which the paged-attention path does not build"
+        )
+
+
 def check_supported(cls: type) -> None:
     if not getattr(cls, "_supports_attention_backend", False):
         raise UnsupportedModelError(
@@ -86,7 +108,7 @@ class LabForCausalLM(nn.Module):
         super().__init__()
         from vllm.model_executor.layers.logits_processor import LogitsProcessor
 
-        t0 = time.perf_counter()
+        t0 = self._lab_t0 = time.perf_counter()
         model_config = vllm_config.model_config
         parallel = vllm_config.parallel_config
         if parallel.pipeline_parallel_size > 1:
@@ -99,6 +121,7 @@ class LabForCausalLM(nn.Module):
 
         hf_cls = hf_causal_lm_class(self.config, model_config.trust_remote_code)
         check_supported(hf_cls)
+        check_config(self.text_config)
         report = BuildReport(
             architecture=type(self).__name__,
             hf_class=hf_cls.__name__,
@@ -136,7 +159,7 @@ class LabForCausalLM(nn.Module):
         report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
         self._route_attention(hf, vllm_config, report)
         phase("replaced", self)
-        self._must_load = set(materialize(self, device, dtype))
+        materialize(self, device, dtype)
         phase("materialized", self)
 
         report.logits = self._logits_postprocessing()
@@ -268,7 +291,7 @@ class LabForCausalLM(nn.Module):
         real, meta = parameter_bytes(self)
         figure = memory_figure(str(self.lab_report.device))
         self.lab_report.phases.append(
-            PhaseBytes("loaded", real, meta, buffer_bytes(self), self.lab_report.phases[-1].seconds,
+            PhaseBytes("loaded", real, meta, buffer_bytes(self), time.perf_counter() - self._lab_t0,
                        figure.bytes, figure.source)
         )
         return outcome.loaded

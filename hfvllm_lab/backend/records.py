@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Kinds of modules the backend considers for replacement.
-LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY = (
-    "linear", "norm", "embedding", "lm_head", "attention", "rotary",
+LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
+    "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
 )
 # What happened to a candidate.
 REPLACED, KEPT, ROUTED, TIED = "replaced", "kept", "routed", "tied"

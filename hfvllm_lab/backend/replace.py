@@ -8,12 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfvllm_lab.backend.attention import dispatches_through_interface
 from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, looks_like_norm
+from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import (
     EMBEDDING,
     KEPT,
     LINEAR,
     NORM,
+    OTHER,
     REPLACED,
     ROTARY,
     ReplacementRecord,
@@ -26,10 +29,6 @@ class ReplaceContext:
     tp_size: int
     tp_plan: dict[str, str]
     skip: frozenset[str]  # qualified names handled elsewhere (the LM head)
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -45,7 +44,7 @@ def _record(name, kind, action, old, new=None, reason="") -> ReplacementRecord:
         original_class=type(old).__name__,
         new_class=type(new).__name__ if new is not None else None,
         shape=_shape(old),
-        parameters=_params(old),
+        parameters=parameter_count(old),
         reason=reason,
     )
 
@@ -82,10 +81,20 @@ def build_vllm_linear(linear: nn.Linear, style: str, ctx: ReplaceContext, prefix
 def build_vllm_embedding(embedding: nn.Embedding, ctx: ReplaceContext, prefix: str) -> nn.Module:
     from hfvllm_lab.backend.layers import scaled_vocab_embedding
 
+    return scaled_vocab_embedding(embedding.num_embeddings, embedding.embedding_dim, embedding_scale(embedding),
+                                  ctx.quant_config, prefix)
+
+
+def embedding_scale(embedding: nn.Embedding) -> float | None:
+    """The constant a scaled embedding multiplies by (Gemma), refusing one we cannot read."""
+    from hfvllm_lab.errors import UnsupportedModelError
+
     scale = getattr(embedding, "embed_scale", None)
     if isinstance(scale, torch.Tensor):
-        scale = float(scale.item()) if scale.device.type != "meta" else None
-    return scaled_vocab_embedding(embedding.num_embeddings, embedding.embedding_dim, scale, ctx.quant_config, prefix)
+        if scale.device.type == "meta" or scale.numel() != 1:
+            raise UnsupportedModelError(f"{type(embedding).__name__}.embed_scale is not a readable scalar")
+        scale = float(scale.item())
+    return scale
 
 
 def replace_modules(
@@ -112,7 +121,9 @@ def replace_modules(
             elif isinstance(child, nn.Embedding):
                 if type(child).forward is nn.Embedding.forward or hasattr(child, "embed_scale"):
                     new = build_vllm_embedding(child, ctx, f"{vllm_prefix}.{name}")
-                    records.append(_record(name, EMBEDDING, REPLACED, child, new))
+                    scale = embedding_scale(child)
+                    reason = f"keeps embed_scale {scale:g}" if scale is not None else ""
+                    records.append(_record(name, EMBEDDING, REPLACED, child, new, reason=reason))
                 else:
                     records.append(_record(name, EMBEDDING, KEPT, child, reason="embedding with a custom forward"))
             elif looks_like_norm(child):
@@ -129,6 +140,9 @@ def replace_modules(
                     _record(name, ROTARY, KEPT, child, reason="position embeddings stay HF: computed from buffers")
                 )
             else:
+                if any(True for _ in child.parameters(recurse=False)) and not dispatches_through_interface(type(child)):
+                    records.append(_record(name, OTHER, KEPT, child,
+                                           reason="holds parameters but is not a Linear, norm or embedding: runs as HF"))
                 visit(child, name)
                 continue
             if new is not None:

@@ -55,33 +55,31 @@ class HfPath:
         return [self._generate_one(p, max_tokens, top_k) for p in prompts]
 
     def _generate_one(self, prompt: str, max_tokens: int, top_k: int) -> Generation:
+        """Plain greedy decoding with the model's own KV cache. No `generate()`: it would merge
+        the checkpoint's generation_config (EOS, repetition penalty, ...) into the reference."""
         import torch
-        from transformers import GenerationConfig
 
-        ids = torch.tensor([self.encode(prompt)], device=self.device)
-        with torch.no_grad():
-            prompt_logits = self.model(ids).logits[0].float()
-            # Never stop at EOS: the vLLM path runs with ignore_eos, and both must emit max_tokens.
-            config = GenerationConfig(
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=self.tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-            out = self.model.generate(ids, generation_config=config)
-        new = out.sequences[0, ids.shape[1]:].tolist()
+        prompt_ids = self.encode(prompt)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        new: list[int] = []
         top: list[dict[int, float]] = []
-        for step_logits, chosen in zip(out.logits, new):
-            lp = torch.log_softmax(step_logits[0].float(), -1)
-            values, indices = lp.topk(top_k)
-            entry = dict(zip(indices.tolist(), values.tolist()))
-            entry[chosen] = lp[chosen].item()
-            top.append(entry)
-        plp = torch.log_softmax(prompt_logits, -1)
-        prompt_ids = ids[0].tolist()
-        prompt_lps = [None] + [plp[i, prompt_ids[i + 1]].item() for i in range(len(prompt_ids) - 1)]
+        with torch.no_grad():
+            out = self.model(input_ids=ids, use_cache=True)
+            plp = torch.log_softmax(out.logits[0].float(), -1)
+            prompt_lps = [None] + [plp[i, prompt_ids[i + 1]].item() for i in range(len(prompt_ids) - 1)]
+            step_lp = plp[-1]
+            for _ in range(max_tokens):
+                chosen = int(step_lp.argmax())
+                values, indices = step_lp.topk(top_k)
+                entry = dict(zip(indices.tolist(), values.tolist()))
+                entry[chosen] = step_lp[chosen].item()
+                new.append(chosen)
+                top.append(entry)
+                if len(new) == max_tokens:
+                    break
+                out = self.model(input_ids=torch.tensor([[chosen]], device=self.device),
+                                 past_key_values=out.past_key_values, use_cache=True)
+                step_lp = torch.log_softmax(out.logits[0, -1].float(), -1)
         return Generation(
             prompt=prompt,
             prompt_token_ids=prompt_ids,
@@ -130,27 +128,3 @@ class HfProbes:
         with HiddenCapture(self.observed()) as capture, torch.no_grad():
             self.path.model(ids)
         return dict(capture.outputs)
-
-    def attention_counts(self, prompts: list[str], max_tokens: int) -> dict:
-        """Per attention module: calls during a generation, and the implementation transformers used."""
-        from hfvllm_lab.backend.attention import dispatches_through_interface
-
-        counts: dict[str, int] = {}
-        handles = []
-        forward_calls = [0]
-        handles.append(self.path.model.register_forward_pre_hook(lambda m, a: forward_calls.__setitem__(0, forward_calls[0] + 1)))
-        layers = []
-        for name, module in self.path.model.named_modules():
-            if dispatches_through_interface(type(module)) and isinstance(getattr(module, "layer_idx", None), int):
-                counts[name] = 0
-                layers.append((module.layer_idx, name, module))
-                handles.append(module.register_forward_hook(
-                    lambda m, a, o, name=name: counts.__setitem__(name, counts[name] + 1)))
-        try:
-            self.path.generate(prompts, max_tokens)
-        finally:
-            for h in handles:
-                h.remove()
-        impl = self.path.model.config._attn_implementation
-        return {"layers": [dict(layer=i, module=n, counts={impl: counts[n]}, backend=impl) for i, n, _ in layers],
-                "forward_calls": forward_calls[0], "mode": impl}

@@ -38,14 +38,12 @@ def run_hf_side(req: HfSideRequest) -> dict[str, Any]:
         generations = path.generate(req.prompts, req.max_tokens)
         seconds = time.perf_counter() - begin
         timing = probes.profile(req.prompts, req.max_tokens, warmup=0)
-        attention = probes.attention_counts(req.prompts[:1], 2)
         captures = probes.capture(req.capture_prompt) if req.capture_prompt is not None else None
         param_bytes = sum(p.numel() * p.element_size() for p in path.model.parameters())
         return {
             "generations": [g.to_dict() for g in generations],
             "seconds": seconds,
             "timing": timing.to_dict(),
-            "attention": attention,
             "attention_impl": path.attention,
             "attention_reason": path.attention_reason,
             "param_bytes": param_bytes,

@@ -74,6 +74,8 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         # Off so every prompt is really prefilled: cached prefixes would hide prefill work from
         # timing, and HF-attention scoring writes no KV that a later request could reuse.
         enable_prefix_caching=False,
+        # Ignore the checkpoint's generation_config: the lab compares pure greedy decoding.
+        generation_config="vllm",
     )
     # On every device: without it the CPU backend reserves ~90% of RAM and GPUs a fixed share of
     # the card, leaving no room for the HF path a notebook compares against.

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from hfvllm_lab.backend.norms import looks_like_norm
+
 
 @dataclass(frozen=True)
 class ObservedModule:
@@ -27,10 +29,6 @@ def decoder_layers(model: nn.Module, num_layers: int) -> tuple[str, nn.ModuleLis
     if not candidates:
         raise ValueError(f"no list of {num_layers} decoder layers in {type(model).__name__}")
     return max(candidates, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return "norm" in type(module).__name__.lower()
 
 
 def observed_modules(model: nn.Module, num_layers: int, strip: str = "") -> list[ObservedModule]:
@@ -55,7 +53,7 @@ def observed_modules(model: nn.Module, num_layers: int, strip: str = "") -> list
         add(base, "layer", idx, layer)
         for child_name, child in layer.named_children():
             lowered = child_name.lower()
-            if _is_norm(child) or "norm" in lowered:  # before "attn": post_attention_layernorm
+            if looks_like_norm(child) or "norm" in lowered:  # before "attn": post_attention_layernorm
                 kind = "norm"
             elif "attn" in lowered or "attention" in lowered:
                 kind = "attention"
@@ -65,7 +63,7 @@ def observed_modules(model: nn.Module, num_layers: int, strip: str = "") -> list
                 continue
             add(f"{base}.{child_name}", kind, idx, child)
     for child_name, child in parent.named_children():
-        if _is_norm(child):
+        if looks_like_norm(child):
             add(prefix + child_name, "final_norm", None, child)
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == "lm_head":

@@ -12,7 +12,7 @@ from torch import nn
 
 from hfvllm_lab.device import StepTimer, is_accelerator
 from hfvllm_lab.probes.modules import ObservedModule
-from hfvllm_lab.results.timing import DECODE, PREFILL, LayerTiming, ModuleTime
+from hfvllm_lab.results.timing import DECODE, MIXED, PREFILL, LayerTiming, ModuleTime
 
 STEP = "<step>"
 
@@ -140,7 +140,7 @@ class TimingProbe:
     def result(self, path: str, warmup_steps: int) -> LayerTiming:
         rows = []
         step_seconds = {}
-        for phase in (PREFILL, DECODE):
+        for phase in (PREFILL, DECODE, MIXED):
             samples = self.samples.get(phase)
             if not samples:
                 continue
@@ -199,14 +199,26 @@ def calibrate_hook_cost(device: str, repeats: int = 200) -> float:
 
 
 def vllm_step_phase(args: tuple, kwargs: dict) -> str:
-    """vLLM steps: prefill when any scheduled token sits at position 0 (prefix caching is off)."""
+    """vLLM flattens a step's sequences into runs of consecutive positions. A run longer than one
+    token, or starting at 0, is (a chunk of) a prefill; single tokens elsewhere are decodes. A step
+    holding both is "mixed" and kept apart so it skews neither average."""
     positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-    return PREFILL if positions is not None and bool((positions == 0).any()) else DECODE
+    if positions is None:
+        return DECODE
+    pos = positions.reshape(-1)
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    if pos.numel() > 1:
+        starts[1:] = pos[1:] != pos[:-1] + 1
+    run_ids = torch.cumsum(starts.int(), 0) - 1
+    lengths = torch.bincount(run_ids)
+    first = pos[starts]
+    prefill_runs = (lengths > 1) | (first == 0)
+    if bool(prefill_runs.all()):
+        return PREFILL
+    return MIXED if bool(prefill_runs.any()) else DECODE
 
 
 def hf_step_phase(args: tuple, kwargs: dict) -> str:
-    """HF generate: the first forward sees the whole prompt, later ones one token each."""
-    ids = kwargs.get("input_ids", args[0] if args else None)
-    if ids is None:
-        ids = kwargs.get("inputs_embeds")
-    return PREFILL if ids is not None and ids.shape[1] > 1 else DECODE
+    """HF: a forward without a KV cache to extend is the prefill."""
+    past = kwargs.get("past_key_values")
+    return PREFILL if past is None or past.get_seq_length() == 0 else DECODE

@@ -5,12 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from hfvllm_lab.backend.attention import ATTN_ATTR
+from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import ReplacementRecord
-from hfvllm_lab.results.replacements import KEPT, REPLACED, SKIPPED, ModuleNode
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from hfvllm_lab.results.replacements import REPLACED, SKIPPED, ModuleNode
 
 
 def module_tree(root: nn.Module, records: list[ReplacementRecord] | None, strip: str = "") -> list[ModuleNode]:
@@ -31,15 +28,13 @@ def module_tree(root: nn.Module, records: list[ReplacementRecord] | None, strip:
         cls = type(module).__name__
         record = by_name.get(name)
         if record is not None:
-            node = ModuleNode(name, len(parts) - 1, cls, record.original_class, record.action, _params(module),
+            node = ModuleNode(name, len(parts) - 1, cls, record.original_class, record.action, parameter_count(module),
                               record.reason)
         elif records is None and type(module).__module__.startswith("vllm.") and not list(module.children()):
-            node = ModuleNode(name, len(parts) - 1, cls, cls, REPLACED, _params(module), "vLLM layer")
+            node = ModuleNode(name, len(parts) - 1, cls, cls, REPLACED, parameter_count(module), "vLLM layer")
         else:
             reason = "container" if list(module.children()) else "not a replacement candidate"
-            node = ModuleNode(name, len(parts) - 1, cls, cls, SKIPPED, _params(module), reason)
+            node = ModuleNode(name, len(parts) - 1, cls, cls, SKIPPED, parameter_count(module), reason)
         nodes.append(node)
     return nodes
 
-
-__all__ = ["module_tree", "KEPT"]

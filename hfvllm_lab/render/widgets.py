@@ -231,15 +231,20 @@ class Dashboard:
         self._step(1, STEPS[1])
         self.comparison = self.timing = self.scores = None
         self.refusal = self.bisect_note = ""
-        try:
+        if session.attention_path != "vllm":
+            # HF attention inside the vLLM path only scores prompts: compare() is refused by
+            # design; show that refusal and score instead. Any other error is a real failure.
+            try:
+                session.compare(prompts, max_tokens)
+            except AttentionPathError as exc:
+                self.refusal = str(exc)
+            self.scores = session.score(prompts)
+        else:
             try:
                 self.comparison = session.compare(prompts, max_tokens, bisect=True)
             except ProbeUnavailableError as exc:  # e.g. the native backend: compare without bisect
                 self.bisect_note = f"bisect unavailable: {exc}"
                 self.comparison = session.compare(prompts, max_tokens)
-        except AttentionPathError as exc:  # HF attention: compare/generate/profile refused by design
-            self.refusal = str(exc)
-            self.scores = session.score(prompts)
         self._step(2, STEPS[2] if self.comparison is not None else f"{STEPS[2]} (skipped)")
         if self.comparison is not None:
             self.timing = session.profile(prompts, max_tokens)

@@ -7,7 +7,7 @@ from typing import Any
 
 from hfvllm_lab.results._base import frame, plain, rows_of
 
-PREFILL, DECODE = "prefill", "decode"
+PREFILL, DECODE, MIXED = "prefill", "decode", "mixed"  # mixed: a step holding both
 # Kinds of timed modules; "layer" rows contain their "attention"/"mlp"/"norm" rows.
 KINDS = ("embedding", "layer", "attention", "mlp", "norm", "final_norm", "lm_head")
 TOP_LEVEL = ("embedding", "layer", "final_norm", "lm_head")  # non-overlapping: they sum to <= a step

@@ -84,6 +84,23 @@ SPECS: dict[str, ZooSpec] = {
             seed=5,
         ),
         ZooSpec(
+            "granite",
+            "granite",
+            "Granite: embedding/residual/attention multipliers and logits divided by logits_scaling",
+            dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+                 embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.25,
+                 logits_scaling=0.5),
+            seed=7,
+        ),
+        ZooSpec(
+            "cohere",
+            "cohere",
+            "Cohere: mean-centred LayerNorm without bias (kept as HF), parallel block, logits times logit_scale",
+            dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32, logit_scale=0.5,
+                 tie_word_embeddings=True),
+            seed=8,
+        ),
+        ZooSpec(
             "llama-medium",
             "llama",
             "Llama with hidden 512 (~13M parameters, ~51 MB): big enough for memory measurements",
