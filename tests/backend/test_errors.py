@@ -79,3 +79,12 @@ def test_a_second_engine_starts_after_the_first_is_closed(prompts):
     finally:
         second.close()
     assert a[0].token_ids == b[0].token_ids and len(b[0].token_ids) == 4
+
+
+def test_batch_dependent_rope_is_refused(tmp_path):
+    ckpt = copy_checkpoint("llama", tmp_path / "dynamic")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="'dynamic' derives its frequencies"):
+        build(ckpt)

@@ -72,7 +72,8 @@ def test_run_builds_the_new_session_and_fills_every_tab(dash):
     assert "q_proj" not in dash.records_html.value and "input_layernorm" in dash.records_html.value
     # Parity: the compare result with bisect; Timing: HF vs vLLM figure per phase
     cmp = dash.comparison
-    assert cmp is not None and cmp.model == "gemma" and cmp.bisect is not None
+    assert cmp is not None and cmp.model == "gemma" and cmp.ok
+    assert cmp.bisect is not None and cmp.bisect.first_divergent is None and cmp.bisect.rows
     assert all(len(p.vllm.token_ids) == 4 for p in cmp.prompts)
     assert "Comparison: gemma" in dash.parity_html.value and "hvl-steps" in dash.parity_html.value
     assert "hvl-bisect" in dash.parity_html.value
