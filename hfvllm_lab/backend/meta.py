@@ -52,19 +52,25 @@ def buffer_bytes(module: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for b in module.buffers() if b.device != META)
 
 
-def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Give every meta parameter real storage on `device`; return their qualified names.
+def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype,
+                keep_fp32: tuple[str, ...] = ()) -> list[str]:
+    """Give every meta parameter real storage on `device`; return the names kept in float32.
 
     The storage is uninitialized on purpose (it is overwritten by the checkpoint); the weight
-    loader refuses to finish while any of these names was not loaded.
+    loader refuses to finish while any parameter was not loaded. Parameters whose name contains
+    a `keep_fp32` fragment (the model's `_keep_in_fp32_modules_strict`) stay float32, as
+    transformers keeps them.
     """
-    names: list[str] = []
+    kept: list[str] = []
     for mod_name, mod in module.named_modules():
         for name, param in list(mod.named_parameters(recurse=False)):
             if param.device != META:
                 continue
+            qualified = f"{mod_name}.{name}" if mod_name else name
             target = dtype if param.dtype.is_floating_point else param.dtype
+            if target in (torch.float16, torch.bfloat16) and any(f in qualified for f in keep_fp32):
+                target = torch.float32
+                kept.append(qualified)
             data = torch.empty(param.shape, dtype=target, device=device)
             setattr(mod, name, nn.Parameter(data, requires_grad=False))
-            names.append(f"{mod_name}.{name}" if mod_name else name)
-    return names
+    return kept

@@ -159,7 +159,8 @@ class LabForCausalLM(nn.Module):
         report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
         self._route_attention(hf, vllm_config, report)
         phase("replaced", self)
-        materialize(self, device, dtype)
+        keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
+        report.kept_fp32 = materialize(self, device, dtype, keep_fp32)
         phase("materialized", self)
 
         report.logits = self._logits_postprocessing()

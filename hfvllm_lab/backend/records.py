@@ -82,6 +82,7 @@ class BuildReport:
     logits: dict[str, Any] = field(default_factory=dict)
     loaded_weights: int = 0
     ignored_weights: list[str] = field(default_factory=list)
+    kept_fp32: list[str] = field(default_factory=list)  # parameters left in float32 by the model's wish
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +98,7 @@ class BuildReport:
             "logits": dict(self.logits),
             "loaded_weights": self.loaded_weights,
             "ignored_weights": list(self.ignored_weights),
+            "kept_fp32": list(self.kept_fp32),
         }
 
     @classmethod
