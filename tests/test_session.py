@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hfvllm_lab import zoo
-from hfvllm_lab.backend.records import ATTENTION, EMBEDDING, LINEAR, LM_HEAD, NORM
+from hfvllm_lab.backend.records import ATTENTION, LINEAR, NORM
 from hfvllm_lab.errors import AttentionPathError, DeviceError, InputError, ModelNotFoundError
 from hfvllm_lab.results.replacements import REPLACED, ROUTED, SKIPPED, TIED
 from hfvllm_lab.results.timing import DECODE, PREFILL
