@@ -139,8 +139,7 @@ def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple
 def check_tensor_parallel(config, tp_size: int) -> None:
     """k_proj/v_proj are split column-wise like q_proj, so query and KV heads must both divide
     evenly (replicating fewer KV heads than ranks, as vLLM's fused QKV layer does, is not built)."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    heads, kv_heads, _ = head_geometry(config)
     if heads % tp_size or kv_heads % tp_size:
         raise UnsupportedModelError(
             f"{heads} attention heads / {kv_heads} KV heads do not split evenly over tensor-parallel size {tp_size}"
@@ -152,12 +151,16 @@ def _layer_type(config, idx: int) -> str | None:
     return types[idx] if types and idx < len(types) else None
 
 
-def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int, prefix: str) -> AttentionLayerSpec:
+def head_geometry(config) -> tuple[int, int, int]:
+    """(query heads, KV heads, head size) of a text config: `head_dim` wins over hidden/heads."""
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_size = getattr(module, "head_dim", None) or getattr(config, "head_dim", None) or (
-        config.hidden_size // heads
-    )
+    return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
+def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int, prefix: str) -> AttentionLayerSpec:
+    heads, kv_heads, config_head_size = head_geometry(config)
+    head_size = getattr(module, "head_dim", None) or config_head_size
     scale = getattr(module, "scaling", None)
     if scale is None:
         scale = head_size**-0.5

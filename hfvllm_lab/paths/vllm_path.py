@@ -35,10 +35,10 @@ class EngineSettings:
 def kv_cache_bytes(config, settings: EngineSettings) -> int:
     """KV bytes for `max_num_seqs` sequences of `max_model_len` tokens, rounded up to whole
     blocks with headroom, instead of vLLM's CPU default of ~90% of RAM."""
+    from hfvllm_lab.backend.attention import head_geometry
+
     text = config.get_text_config()
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    _, kv_heads, head_dim = head_geometry(text)
     elem = 4 if settings.dtype == "float32" else 2
     per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * elem
     block = 128

@@ -247,7 +247,7 @@ class Dashboard:
                 self.comparison = session.compare(prompts, max_tokens)
         self._step(2, STEPS[2] if self.comparison is not None else f"{STEPS[2]} (skipped)")
         if self.comparison is not None:
-            self.timing = session.profile(prompts, max_tokens)
+            self.timing = self.comparison.timing.get("vllm")  # compare() already profiled
         self._step(3, STEPS[3])
         self._render_session()
         self._render_run()
