@@ -29,7 +29,7 @@ def main() -> None:
         engine = s.engine
         engine.generate(prompts, 4, prompt_logprobs=False)  # warm-up
         off, on, steps = [], [], 0
-        probe_rows = None
+        timing = None
         for _ in range(args.rounds):
             begin = time.perf_counter()
             engine.generate(prompts, args.max_tokens, prompt_logprobs=False)
@@ -40,17 +40,17 @@ def main() -> None:
                 engine.generate(prompts, args.max_tokens, prompt_logprobs=False)
             finally:
                 on.append(time.perf_counter() - begin)
-                probe_rows = engine.rpc("lab_timing_stop", 0)
-        steps = sum(probe_rows["steps"].values())
+                timing = engine.rpc("lab_timing_stop", 0)  # a LayerTiming
+        steps = sum(timing.steps.values())
     mean_off, mean_on = statistics.median(off), statistics.median(on)  # medians: robust to bursts of load
     print(f"model {args.model}, {len(prompts)} prompts x {args.max_tokens} tokens, {args.rounds} rounds, "
           f"{steps} engine steps per generate")
     print(f"generate, probes off (median): {mean_off * 1e3:8.2f} ms  (per step {mean_off / steps * 1e3:.3f} ms)")
     print(f"generate, probes on  (median): {mean_on * 1e3:8.2f} ms  (per step {mean_on / steps * 1e3:.3f} ms)")
     print(f"ratio on/off        : {mean_on / mean_off:8.3f}")
-    hooks = probe_rows["hooks_per_step"].get("decode", 0)
-    print(f"probe's own estimate: {hooks} timed modules x {probe_rows['probe_seconds_per_hook'] * 1e6:.2f} us "
-          f"= {hooks * probe_rows['probe_seconds_per_hook'] * 1e3:.3f} ms per decode step")
+    hooks = timing.hooks_per_step.get("decode", 0)
+    print(f"probe's own estimate: {hooks} timed modules x {timing.probe_seconds_per_hook * 1e6:.2f} us "
+          f"= {hooks * timing.probe_seconds_per_hook * 1e3:.3f} ms per decode step")
 
 
 if __name__ == "__main__":

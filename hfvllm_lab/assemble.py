@@ -1,12 +1,11 @@
-"""Turn probe data (plain dicts from workers and the HF path) into result objects."""
+"""Turn probe data (the worker's typed payloads, the HF path's outputs) into result objects."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from hfvllm_lab.backend.records import BuildReport
 from hfvllm_lab.device import MemoryFigure
 from hfvllm_lab.parity import LOGPROB_TOLERANCE, compare_generations, step_logprob_diffs
+from hfvllm_lab.probes.payloads import AttentionCountsPayload, MemoryPayload
 from hfvllm_lab.results.attention import AttentionLayerRow, AttentionReport
 from hfvllm_lab.results.comparison import BisectResult, ModuleDiff, PromptComparison
 from hfvllm_lab.results.generation import Generation
@@ -20,11 +19,10 @@ BACKEND_LABELS = {
 }
 
 
-def replacement_log(model: str, backend: str, build: dict | None, tree: list[dict]) -> ReplacementLog:
-    nodes = [ModuleNode(**n) for n in tree]
+def replacement_log(model: str, backend: str, build: BuildReport | None, tree: list[ModuleNode]) -> ReplacementLog:
+    nodes = list(tree)
     if build is not None:
-        report = BuildReport.from_dict(build)
-        return ReplacementLog(model, backend, report.hf_class, report.records, nodes)
+        return ReplacementLog(model, backend, build.hf_class, list(build.records), nodes)
     note = (
         "observed from module classes: this backend keeps no replacement records, so a leaf module "
         "counts as replaced when its class comes from vLLM"
@@ -34,15 +32,14 @@ def replacement_log(model: str, backend: str, build: dict | None, tree: list[dic
     return ReplacementLog(model, backend, "", [], nodes, note)
 
 
-def memory_report(model: str, device: str, backend: str, before: MemoryFigure, build: dict | None,
-                  kv: dict[str, Any]) -> MemoryReport:
+def memory_report(model: str, device: str, backend: str, before: MemoryFigure, build: BuildReport | None,
+                  kv: MemoryPayload) -> MemoryReport:
     phases = [MemoryPhase("before", 0, 0, None, before.bytes, before.source)]
     eager = None
     note = ""
     if build is not None:
-        report = BuildReport.from_dict(build)
-        eager = report.eager_param_bytes
-        for p in report.phases:
+        eager = build.eager_param_bytes
+        for p in build.phases:
             if p.phase == "before":
                 continue
             phases.append(MemoryPhase(p.phase, p.device_bytes, p.meta_bytes, None, p.process_bytes, p.source,
@@ -52,28 +49,28 @@ def memory_report(model: str, device: str, backend: str, before: MemoryFigure, b
     # vLLM's CPU backend repacks linear weights after loading into storage that is no longer a
     # Parameter; the parameters are still there, so carry the loaded figure forward.
     loaded = next((p.param_bytes for p in phases if p.phase == "loaded"), None)
-    param_bytes = kv["param_bytes"] if loaded is None else max(loaded, kv["param_bytes"])
-    phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv["kv_cache_bytes"], kv["process_bytes"], kv["source"]))
+    param_bytes = kv.param_bytes if loaded is None else max(loaded, kv.param_bytes)
+    phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv.kv_cache_bytes, kv.process_bytes, kv.source))
     return MemoryReport(model, device, backend, phases, eager, note)
 
 
-def attention_report(path: str, selected: str, counts: dict[str, Any], reason: str = "") -> AttentionReport:
+def attention_report(path: str, selected: str, counts: AttentionCountsPayload, reason: str = "") -> AttentionReport:
     rows = []
-    for layer in counts["layers"]:
-        per_impl: dict[str, int] = layer["counts"]
-        expected = layer["backend"] if selected == "vllm" or path == "hf" else selected
+    for layer in counts.layers:
+        per_impl = layer.counts
+        expected = layer.backend if selected == "vllm" or path == "hf" else selected
         ran = per_impl.get(expected, 0)
         others = {k: v for k, v in per_impl.items() if k != expected and v}
         rows.append(AttentionLayerRow(
-            layer=layer["layer"], module=layer["module"], implementation=expected, calls=ran,
-            num_heads=layer.get("num_heads"), num_kv_heads=layer.get("num_kv_heads"),
-            head_size=layer.get("head_size"), sliding_window=layer.get("sliding_window"),
+            layer=layer.layer, module=layer.module, implementation=expected, calls=ran,
+            num_heads=layer.num_heads, num_kv_heads=layer.num_kv_heads,
+            head_size=layer.head_size, sliding_window=layer.sliding_window,
             fallbacks=sum(others.values()),
             fallback_reason=", ".join(f"{k} ran {v}x" for k, v in others.items()),
         ))
     if not reason:
         reason = "requested" if selected != "vllm" else "vLLM paged attention (default)"
-    return AttentionReport(path, selected, reason, rows, counts.get("forward_calls", 0))
+    return AttentionReport(path, selected, reason, rows, counts.forward_calls)
 
 
 def prompt_comparisons(reference: list[Generation], vllm: list[Generation], dtype: str) -> list[PromptComparison]:

@@ -15,9 +15,11 @@ def compare(args: argparse.Namespace) -> int:
     print(f"hfvllm-lab compare: {args.model or 'embedded default (zoo: llama)'}", flush=True)
     with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend) as session:
         print(f"{session!r}\n", flush=True)
-        cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect)
+        cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect,
+                              native_floor=False if args.no_native_floor else None)
         replacements, memory, attention = session.replacements, session.memory, session.attention
     print(repr(replacements), repr(memory), repr(attention), repr(cmp), sep="\n\n")
+    print(f"\n{cmp.verdict.label}: {cmp.verdict.reason}")
     if args.html:
         from hfvllm_lab.render.report import session_report_html
 
@@ -42,9 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default="auto",
+                   help="auto (the checkpoint's dtype where the device runs it), float32, bfloat16 or float16")
     p.add_argument("--backend", default="lab", choices=["lab", "transformers", "native"])
     p.add_argument("--bisect", action="store_true", help="also name the first module whose output differs")
+    p.add_argument("--no-native-floor", action="store_true",
+                   help="in reduced precision, skip vLLM native as a noise floor (transformers' own stays)")
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=compare)

@@ -70,6 +70,32 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     return name
 
 
+def checkpoint_dtype(config) -> str | None:
+    """The dtype a checkpoint's config declares (`dtype`, or the older `torch_dtype`), canonical."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for holder in (config, text):
+        for key in ("dtype", "torch_dtype"):
+            value = getattr(holder, key, None)
+            if value is not None:
+                name = _DTYPES.get(str(value).removeprefix("torch.").lower())
+                if name is not None:
+                    return name
+    return None
+
+
+def choose_dtype(requested: str | None, device: str, declared: str | None) -> tuple[str, str]:
+    """(dtype, why). `None`/"auto" follows the checkpoint's declared dtype where the device runs
+    it; an explicit dtype is checked and kept."""
+    if requested not in (None, "auto"):
+        return resolve_dtype(requested, device), "requested"
+    if declared is None:
+        fallback = resolve_dtype(None, device)
+        return fallback, f"auto: the checkpoint declares no dtype; {fallback} is the default on {device}"
+    if declared == "float16" and device.startswith("cpu"):
+        return "float32", "auto: the checkpoint is float16, which vLLM's CPU backend does not run; float32 holds it exactly"
+    return declared, f"auto: the checkpoint's config declares {declared}"
+
+
 def is_accelerator(device: str) -> bool:
     return not device.startswith("cpu")
 

@@ -50,15 +50,24 @@ def _token_verdict(a: Generation, b: Generation, top_k: int, max_gap: float, pro
         if ta == tb:
             continue
         la, lb = a.top_logprobs[step], b.top_logprobs[step]
+        margin = f"; reference top-2 margin {reference_margin(la):.3g}"
         if ta not in lb or tb not in la:
-            return TokenParity(False, step, f"step {step}: {ta} vs {tb}, not in each other's top-{top_k}", prompt_diff)
+            return TokenParity(False, step, f"step {step}: {ta} vs {tb}, not in each other's top-{top_k}{margin}",
+                               prompt_diff)
         gap = max(abs(la[ta] - la[tb]), abs(lb[ta] - lb[tb]))
         if gap >= max_gap:
-            return TokenParity(False, step, f"step {step}: {ta} vs {tb}, logprob gap {gap:.3g} >= {max_gap}", prompt_diff)
-        return TokenParity(True, step, f"step {step}: near-tie {ta} vs {tb} (gap {gap:.3g})", prompt_diff)
+            return TokenParity(False, step, f"step {step}: {ta} vs {tb}, logprob gap {gap:.3g} >= {max_gap}{margin}",
+                               prompt_diff)
+        return TokenParity(True, step, f"step {step}: near-tie {ta} vs {tb} (gap {gap:.3g}{margin})", prompt_diff)
     if len(a.token_ids) != len(b.token_ids):
         return TokenParity(False, min(len(a.token_ids), len(b.token_ids)), "different lengths", prompt_diff)
     return TokenParity(True, None, "identical tokens", prompt_diff)
+
+
+def reference_margin(top: dict[int, float]) -> float:
+    """Logprob of the reference's best token minus its second best: how near a tie the step was."""
+    best = sorted(top.values(), reverse=True)
+    return best[0] - best[1] if len(best) > 1 else float("inf")
 
 
 def max_prompt_logprob_diff(a: Generation, b: Generation) -> float | None:

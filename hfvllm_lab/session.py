@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from pathlib import Path
 
 from hfvllm_lab import zoo
-from hfvllm_lab.device import memory_figure, resolve_device, resolve_dtype
+from hfvllm_lab.device import checkpoint_dtype, choose_dtype, memory_figure, resolve_device
 from hfvllm_lab.errors import AttentionPathError, DeviceError, InputError, ProbeUnavailableError
-from hfvllm_lab.paths.vllm_path import BACKENDS, EngineSettings, VllmPath
+from hfvllm_lab.paths.vllm_path import BACKENDS, EngineSettings, VllmPath, preflight
 from hfvllm_lab.results.attention import AttentionReport
 from hfvllm_lab.results.comparison import BisectResult, Comparison
 from hfvllm_lab.results.generation import Generation
 from hfvllm_lab.results.memory import MemoryReport
 from hfvllm_lab.results.replacements import ReplacementLog
-from hfvllm_lab.results.timing import LayerTiming, timing_from_dict
-from hfvllm_lab.assemble import attention_report, bisect_result, memory_report, replacement_log
+from hfvllm_lab.results.timing import LayerTiming
+from hfvllm_lab.assemble import attention_report, memory_report, replacement_log
 
 DEFAULT_PROMPTS = ["Hello, my name is", "The capital of France is", "vLLM runs HuggingFace models by"]
 ATTENTION_PATHS = ("vllm", "sdpa", "eager")
@@ -67,6 +68,7 @@ class Session:
         seed: int = 0,
         trust_remote_code: bool = False,
         hf_attention: str = "auto",
+        engine_args: dict | None = None,
     ) -> None:
         self._engine: VllmPath | None = None
         if attention not in ATTENTION_PATHS:
@@ -80,24 +82,26 @@ class Session:
         self.model_dir = zoo.resolve(model)
         self.model_name = str(model) if model is not None else zoo.DEFAULT
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         engine_kind = vllm_device_type()
         if self.device.split(":")[0] != engine_kind:
             raise DeviceError(f"device {self.device!r} requested, but the installed vLLM runs on {engine_kind!r}")
-        if attention == "sdpa":
-            from hfvllm_lab.paths.hf_path import choose_hf_attention
-            from transformers import AutoConfig
-
-            # Refused before any engine is built or an older Session closed.
-            choose_hf_attention(AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code), "sdpa")
         self.attention_path = attention
         self.backend = backend
         self.hf_attention = hf_attention
         self.trust_remote_code = trust_remote_code
+        probe_settings = EngineSettings(model_dir=self.model_dir, device=self.device, backend=backend,
+                                        tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
+        # Everything refusable without an engine is refused here, while an older Session still runs.
+        config = preflight(probe_settings)
+        self.dtype, self.dtype_reason = choose_dtype(dtype, self.device, checkpoint_dtype(config))
+        if attention == "sdpa":
+            from hfvllm_lab.paths.hf_path import choose_hf_attention
+
+            choose_hf_attention(config, "sdpa")
         self.settings = EngineSettings(
             model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
             max_model_len=max_model_len, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
-            seed=seed, trust_remote_code=trust_remote_code,
+            seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}),
         )
         for other in list(_LIVE):
             warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
@@ -125,6 +129,16 @@ class Session:
         except BaseException:
             self._engine.close()  # a refused start must not leave an engine behind
             raise
+
+    @contextlib.contextmanager
+    def released(self):
+        """Close the engine for the duration of the block (its memory goes back to the device),
+        then rebuild it; the rebuilt engine's records and attention counters start afresh."""
+        self.engine.close()
+        try:
+            yield
+        finally:
+            self._start_engine()
 
     @property
     def engine(self) -> VllmPath:
@@ -209,33 +223,19 @@ class Session:
             self.engine.generate(prompts, max_tokens, prompt_logprobs=False)
         finally:
             data = self.engine.rpc("lab_timing_stop", warmup)
-        return timing_from_dict(data)
+        return data
 
-    def bisect(self, prompt: str | None = None, tolerance: float | None = None) -> BisectResult:
-        """Hidden states of one prefill on both paths; names the first module that differs."""
-        from hfvllm_lab.paths.hf_side import HfSideRequest
+    def score_tokens(self, sequences: list[list[int]]) -> list:
+        """Teacher forcing on this engine: for each token-id sequence, the full next-token
+        log-probabilities at every position ([tokens, vocab] float32 tensors on the CPU)."""
+        if not sequences or any(not seq for seq in sequences):
+            raise InputError("score_tokens needs non-empty token-id sequences")
+        return self.engine.score([list(map(int, seq)) for seq in sequences])
 
-        prompt = check_prompts(prompt if prompt is not None else DEFAULT_PROMPTS[:1])[0]
-        self._check_bisectable()
-        vllm_caps = self._capture_vllm(prompt)
-        hf = self._run_hf(HfSideRequest(self.model_dir, self.device, self.dtype, self.hf_attention, [prompt], 1,
-                                        capture_prompt=prompt, trust_remote_code=self.trust_remote_code))
-        return bisect_result(prompt, vllm_caps, hf["captures"], self._tolerance(tolerance))
-
-    def _check_bisectable(self) -> None:
-        if self.backend == "native":
-            raise ProbeUnavailableError(
-                "bisect compares module outputs with transformers' modules; vLLM's native decoder layers "
-                "return (hidden, residual) pairs and fuse norms, so their outputs are not comparable"
-            )
-
-    def _tolerance(self, tolerance: float | None) -> float:
-        if tolerance is not None:
-            return tolerance
-        return 1e-3 if self.dtype == "float32" else 5e-2
-
-    def _capture_vllm(self, prompt: str) -> dict:
-        self._refuse_hf_attention("bisect")
+    def capture(self, prompt: str) -> dict:
+        """Hidden states (module name -> [tokens, features] float32 CPU tensor) of one prefill of
+        `prompt` on this engine, in execution order."""
+        self._refuse_hf_attention("capture()")
         self.engine.rpc("lab_capture_start")
         try:
             self.engine.generate([prompt], 1)
@@ -243,22 +243,37 @@ class Session:
             captures = self.engine.rpc("lab_capture_stop")
         return captures
 
-    def _hf_isolated(self) -> bool:
-        """The HF path must run in a child process once vLLM's built-in Transformers backend has
-        patched this model's transformers classes in this process."""
+    def check_bisectable(self) -> None:
+        if self.backend == "native":
+            raise ProbeUnavailableError(
+                "bisect compares module outputs with transformers' modules; vLLM's native decoder layers "
+                "return (hidden, residual) pairs and fuse norms, so their outputs are not comparable"
+            )
+
+    @property
+    def hf_in_child_process(self) -> bool:
+        """Whether the HF path must run in a child process: vLLM's built-in Transformers backend
+        has patched this model's transformers classes in this process."""
         from hfvllm_lab.paths.hf_side import transformers_patched_by_vllm
 
         return transformers_patched_by_vllm(self.model_dir, self.trust_remote_code)
 
-    def _run_hf(self, req):
-        from hfvllm_lab.paths.hf_side import run_hf_side, run_hf_side_isolated
+    def bisect(self, prompt: str | None = None, tolerance: float | None = None) -> BisectResult:
+        """Hidden states of one prefill on both paths; names the first module that differs (in
+        reduced precision: the first whose error exceeds transformers' own rounding there)."""
+        from hfvllm_lab.compare import bisect_against_hf
 
-        return run_hf_side_isolated(req) if self._hf_isolated() else run_hf_side(req)
+        prompt = check_prompts(prompt if prompt is not None else DEFAULT_PROMPTS[:1])[0]
+        self.check_bisectable()
+        return bisect_against_hf(self, prompt, tolerance)
 
     def compare(self, prompts=None, max_tokens: int = 16, *, bisect: bool = False, against: str = "hf",
-                hf_attention: str | None = None, residency: str = "auto") -> Comparison:
-        """The HF-native path (or, with against="vllm", a second vLLM run) against this engine."""
-        from hfvllm_lab.session_compare import run_comparison
+                hf_attention: str | None = None, residency: str = "auto", native_floor: bool | None = None,
+                profile: bool = True) -> Comparison:
+        """The HF-native path (or, with against="vllm", a second vLLM run) against this engine:
+        free-running greedy tokens, teacher-forced distributions against transformers in float32,
+        and in reduced precision a verdict relative to the measured noise floor."""
+        from hfvllm_lab.compare import run_comparison
 
         prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
         check_max_tokens(max_tokens)
@@ -268,12 +283,14 @@ class Session:
         if residency not in ("auto", "sequential", "both"):
             raise InputError(f"residency must be auto, sequential or both, got {residency!r}")
         if bisect:
-            self._check_bisectable()
+            self.check_bisectable()
         return run_comparison(self, prompts, max_tokens, bisect=bisect, against=against,
-                              hf_attention=hf_attention or self.hf_attention, residency=residency)
+                              hf_attention=hf_attention or self.hf_attention, residency=residency,
+                              native_floor=native_floor, profile=profile)
 
     def dashboard(self):
-        from hfvllm_lab.render.widgets import Dashboard
+        """Controls and tabs over this Session (ipywidgets); see `hfvllm_lab.dashboard.Dashboard`."""
+        from hfvllm_lab.dashboard import Dashboard
 
         return Dashboard(session=self).widget
 

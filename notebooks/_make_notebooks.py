@@ -74,7 +74,7 @@ the red area under the button. Saved without widget state, the output falls back
 The same dashboard, driven from code: `run()` is what the Run button calls.
 """),
     code("""
-from hfvllm_lab.render.widgets import Dashboard
+from hfvllm_lab.dashboard import Dashboard
 
 dash = Dashboard(s)
 dash.max_tokens.value = 4

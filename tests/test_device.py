@@ -1,6 +1,6 @@
 import pytest
 
-from hfvllm_lab.device import StepTimer, memory_figure, resolve_device, resolve_dtype
+from hfvllm_lab.device import StepTimer, available_kinds, memory_figure, resolve_device, resolve_dtype
 from hfvllm_lab.errors import DeviceError
 
 
@@ -21,7 +21,17 @@ def test_explicit_device_must_be_present():
 
 
 def test_this_machine_resolves_to_a_real_kind():
-    assert resolve_device("auto") in ("mlu", "cuda", "cpu")
+    kinds = available_kinds()
+    assert kinds[-1] == "cpu" and resolve_device("auto") == kinds[0]
+
+
+@pytest.mark.parametrize("kind", ["mlu", "cuda", "cpu"])
+def test_this_machine_refuses_exactly_the_absent_kinds(kind):
+    if kind in available_kinds():
+        assert resolve_device(kind) == kind
+    else:
+        with pytest.raises(DeviceError, match="not available"):
+            resolve_device(kind)
 
 
 def test_dtypes():

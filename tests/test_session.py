@@ -6,12 +6,29 @@ import pytest
 
 from hfvllm_lab import zoo
 from hfvllm_lab.backend.records import ATTENTION, LINEAR, NORM
+from hfvllm_lab.device import available_kinds, resolve_device
 from hfvllm_lab.errors import AttentionPathError, DeviceError, InputError, ModelNotFoundError
 from hfvllm_lab.results.replacements import REPLACED, ROUTED, SKIPPED, TIED
 from hfvllm_lab.results.timing import DECODE, PREFILL
 from tests.conftest import hf_module_counts, hf_parameter_bytes
 
 MODEL = "llama"
+# Device-derived expectations: refuse only a device kind that is absent here; float16 only on the CPU.
+ABSENT_KIND = next((kind for kind in ("cuda", "mlu") if kind not in available_kinds()), None)
+ON_CPU = resolve_device("auto") == "cpu"
+
+
+def expected_attention_backend(head_size: int, dtype: str) -> str:
+    """The attention backend vLLM's platform selects here for this head size and dtype."""
+    import torch
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.selector import get_attn_backend
+
+    with set_current_vllm_config(VllmConfig()):
+        name = get_attn_backend(head_size, getattr(torch, dtype), None).get_name()
+    assert name == "CPU_ATTN" or not current_platform.is_cpu(), name
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +86,9 @@ def test_attention_calls_equal_layers_times_forward_calls(session):
     assert report.selected == "vllm" and len(report.rows) == layers
     assert report.forward_calls >= 5  # one prefill step + decode steps
     assert all(r.calls == report.forward_calls for r in report.rows)
-    assert all(r.implementation == "CPU_ATTN" and r.fallbacks == 0 for r in report.rows)
-    assert report.implementations() == {"CPU_ATTN": layers * report.forward_calls}
+    backend = expected_attention_backend(zoo.spec(MODEL).config_kwargs()["head_dim"], session.dtype)
+    assert all(r.implementation == backend and r.fallbacks == 0 for r in report.rows)
+    assert report.implementations() == {backend: layers * report.forward_calls}
 
 
 def test_profile_splits_prefill_and_decode_and_sums_within_the_step(session):
@@ -150,8 +168,12 @@ def test_bisect_names_the_perturbed_layer(session):
     [
         (dict(model="no-such-model"), ModelNotFoundError, "not a zoo name"),
         (dict(model=MODEL, device="tpu"), DeviceError, "unsupported device"),
-        (dict(model=MODEL, device="cuda"), DeviceError, "not available"),
-        (dict(model=MODEL, dtype="float16"), DeviceError, "float16"),
+        pytest.param(dict(model=MODEL, device=ABSENT_KIND), DeviceError, "not available",
+                     marks=pytest.mark.skipif(ABSENT_KIND is None, reason="cuda and mlu are both present"),
+                     id=f"absent-device-{ABSENT_KIND}"),
+        pytest.param(dict(model=MODEL, dtype="float16"), DeviceError, "float16",
+                     marks=pytest.mark.skipif(not ON_CPU, reason="only vLLM's CPU backend refuses float16"),
+                     id="float16-on-cpu"),
         (dict(model=MODEL, attention="flash"), AttentionPathError, "unknown attention"),
         (dict(model=MODEL, backend="nope"), InputError, "unknown backend"),
     ],

@@ -5,12 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Kinds of modules the backend considers for replacement.
-LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
-    "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
+# Module kinds and actions are defined once, in hfvllm_lab.vocab; re-exported here for the backend.
+from hfvllm_lab.vocab import (  # noqa: F401
+    ATTENTION,
+    EMBEDDING,
+    KEPT,
+    LINEAR,
+    LM_HEAD,
+    NORM,
+    OTHER,
+    REPLACED,
+    ROTARY,
+    ROUTED,
+    TIED,
 )
-# What happened to a candidate.
-REPLACED, KEPT, ROUTED, TIED = "replaced", "kept", "routed", "tied"
 
 
 @dataclass(frozen=True)

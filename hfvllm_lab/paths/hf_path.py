@@ -51,6 +51,18 @@ class HfPath:
     def encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
 
+    def score(self, sequences: list[list[int]]) -> list:
+        """Teacher forcing: for each token sequence, the float32 log-probabilities of the next
+        token at every position ([tokens, vocab], on the CPU), from one forward pass."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for seq in sequences:
+                logits = self.model(input_ids=torch.tensor([seq], device=self.device), use_cache=False).logits[0]
+                out.append(torch.log_softmax(logits.float(), -1).cpu())
+        return out
+
     def generate(self, prompts: list[str], max_tokens: int, top_k: int = 5) -> list[Generation]:
         return [self._generate_one(p, max_tokens, top_k) for p in prompts]
 
@@ -119,12 +131,14 @@ class HfProbes:
             self.path.generate(prompts, max_tokens)
         return probe.result("hf", warmup)
 
-    def capture(self, prompt: str) -> dict:
+    def capture(self, prompt: str | list[int]) -> dict:
+        """Hidden states of one forward over a prompt (text, or its token ids)."""
         import torch
 
         from hfvllm_lab.probes.capture import HiddenCapture
 
-        ids = torch.tensor([self.path.encode(prompt)], device=self.path.device)
+        token_ids = self.path.encode(prompt) if isinstance(prompt, str) else prompt
+        ids = torch.tensor([token_ids], device=self.path.device)
         with HiddenCapture(self.observed()) as capture, torch.no_grad():
             self.path.model(ids)
         return dict(capture.outputs)

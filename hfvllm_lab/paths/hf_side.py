@@ -7,9 +7,12 @@ models any more (vLLM's built-in Transformers backend patches HF classes in its 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hfvllm_lab.results.generation import Generation
+from hfvllm_lab.results.timing import LayerTiming
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,34 @@ class HfSideRequest:
     max_tokens: int
     capture_prompt: str | None = None
     trust_remote_code: bool = False
+    profile: bool = True
+    # Score each prompt + its greedy continuation (teacher forcing) and return full distributions.
+    teacher_forcing: bool = True
+    # Also score (and capture) in float32: the truth that reduced-precision paths are judged by.
+    float32_truth: bool = False
 
 
-def run_hf_side(req: HfSideRequest) -> dict[str, Any]:
+@dataclass
+class HfSideResult:
+    """What the HF path produced; plain data, so it crosses a process boundary."""
+
+    generations: list[Generation]
+    seconds: float
+    timing: LayerTiming | None
+    attention_impl: str
+    attention_reason: str
+    param_bytes: int
+    memory_bytes: int
+    memory_source: str
+    sequences: list[list[int]] = field(default_factory=list)  # prompt + greedy continuation
+    scores: list[Any] | None = None  # per sequence [tokens, vocab] float32 logprobs, session dtype
+    captures: dict[str, Any] | None = None  # module -> hidden states, session dtype
+    capture_ids: list[int] | None = None
+    float32_scores: list[Any] | None = None
+    float32_captures: dict[str, Any] | None = None
+
+
+def run_hf_side(req: HfSideRequest) -> HfSideResult:
     from hfvllm_lab.device import memory_figure
     from hfvllm_lab.paths.hf_path import HfPath, HfProbes
 
@@ -37,22 +65,33 @@ def run_hf_side(req: HfSideRequest) -> dict[str, Any]:
         begin = time.perf_counter()
         generations = path.generate(req.prompts, req.max_tokens)
         seconds = time.perf_counter() - begin
-        timing = probes.profile(req.prompts, req.max_tokens, warmup=0)
-        captures = probes.capture(req.capture_prompt) if req.capture_prompt is not None else None
-        param_bytes = sum(p.numel() * p.element_size() for p in path.model.parameters())
-        return {
-            "generations": [g.to_dict() for g in generations],
-            "seconds": seconds,
-            "timing": timing.to_dict(),
-            "attention_impl": path.attention,
-            "attention_reason": path.attention_reason,
-            "param_bytes": param_bytes,
-            "memory_bytes": loaded.bytes - before.bytes,
-            "memory_source": f"{loaded.source} delta",
-            "captures": captures,
-        }
+        result = HfSideResult(
+            generations=generations,
+            seconds=seconds,
+            timing=probes.profile(req.prompts, req.max_tokens, warmup=0) if req.profile else None,
+            attention_impl=path.attention,
+            attention_reason=path.attention_reason,
+            param_bytes=sum(p.numel() * p.element_size() for p in path.model.parameters()),
+            memory_bytes=loaded.bytes - before.bytes,
+            memory_source=f"{loaded.source} delta",
+            sequences=[g.prompt_token_ids + g.token_ids for g in generations],
+        )
+        if req.capture_prompt is not None:
+            result.capture_ids = path.encode(req.capture_prompt)
+            result.captures = probes.capture(result.capture_ids)
+        if req.teacher_forcing:
+            result.scores = path.score(result.sequences)
     finally:
         path.close()
+    if req.float32_truth and req.dtype != "float32":
+        truth = HfPath(req.model_dir, req.device, "float32", path.attention, req.trust_remote_code)
+        try:
+            result.float32_scores = truth.score(result.sequences) if req.teacher_forcing else None
+            if result.capture_ids is not None:
+                result.float32_captures = HfProbes(truth).capture(result.capture_ids)
+        finally:
+            truth.close()
+    return result
 
 
 def transformers_patched_by_vllm(model_dir: Path, trust_remote_code: bool = False) -> bool:
@@ -76,7 +115,7 @@ def transformers_patched_by_vllm(model_dir: Path, trust_remote_code: bool = Fals
     return False
 
 
-def run_hf_side_isolated(req: HfSideRequest) -> dict[str, Any]:
+def run_hf_side_isolated(req: HfSideRequest) -> HfSideResult:
     """`run_hf_side` in a spawned child process (clean transformers classes, memory freed on exit)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -88,6 +88,39 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
     return kwargs
 
 
+def preflight(settings: EngineSettings):
+    """Everything that can be refused without building an engine: the config loads, the lab
+    backend can build the architecture, tensor parallelism fits the heads, the device's attention
+    runs the head size. Returns the config. Called before an older Session is closed."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(settings.model_dir, trust_remote_code=settings.trust_remote_code)
+    except Exception as exc:
+        raise UnsupportedModelError(f"{settings.model_dir}: transformers cannot read its config: {exc}") from exc
+    text = config.get_text_config()
+    if settings.backend == "lab":
+        from hfvllm_lab.backend.attention import check_tensor_parallel
+        from hfvllm_lab.backend.model import check_config, check_supported, hf_causal_lm_class
+
+        check_supported(hf_causal_lm_class(config, settings.trust_remote_code))
+        check_config(text)
+        check_tensor_parallel(text, settings.tensor_parallel_size)
+    if settings.device.startswith("cpu"):
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        from hfvllm_lab.backend.attention import head_geometry
+
+        head_size = head_geometry(text)[2]
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_size not in supported:
+            raise UnsupportedModelError(
+                f"head size {head_size} is not run by vLLM's CPU attention (supported: "
+                f"{', '.join(map(str, supported))})"
+            )
+    return config
+
+
 def lab_error_in(exc: BaseException) -> LabError | None:
     """The project's own error somewhere in an exception's cause chain (vLLM wraps them)."""
     seen = set()
@@ -144,8 +177,9 @@ class VllmPath:
             raise
 
     def generate(
-        self, prompts: list[str], max_tokens: int, top_k: int = 5, prompt_logprobs: bool = True
+        self, prompts: list[str | list[int]], max_tokens: int, top_k: int = 5, prompt_logprobs: bool = True
     ) -> list[Generation]:
+        """Greedy generation; a prompt is text, or token ids given to the engine as they are."""
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -156,7 +190,8 @@ class VllmPath:
             prompt_logprobs=0 if prompt_logprobs else None,
         )
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
+            outputs = self.llm.generate(inputs, params, use_tqdm=False)
         except KeyboardInterrupt:
             self.abort_unfinished()
             raise
@@ -166,7 +201,26 @@ class VllmPath:
             if lab is not None:
                 raise type(lab)(str(lab)) from exc
             raise
-        return [to_generation(prompt, out) for prompt, out in zip(prompts, outputs)]
+        return [to_generation(prompt if isinstance(prompt, str) else "", out) for prompt, out in zip(prompts, outputs)]
+
+    def score(self, sequences: list[list[int]]) -> list:
+        """Teacher forcing: each token sequence prefilled on its own; the full next-token
+        log-probabilities at every position ([tokens, vocab] float32 on the CPU), as computed
+        from the model's own `compute_logits`."""
+        from hfvllm_lab.errors import ProbeUnavailableError
+
+        self.rpc("lab_logprobs_start")
+        try:
+            for seq in sequences:
+                self.generate([seq], 1, top_k=1, prompt_logprobs=False)
+        finally:
+            scores = self.rpc("lab_logprobs_stop") or []
+        if len(scores) != len(sequences) or any(s.shape[0] < len(q) for s, q in zip(scores, sequences)):
+            raise ProbeUnavailableError(
+                f"the engine's prefills did not cover the sequences ({[tuple(s.shape) for s in scores]} for "
+                f"lengths {[len(q) for q in sequences]}): chunked prefill split a sequence?"
+            )
+        return [s[: len(q)] for s, q in zip(scores, sequences)]
 
     def abort_unfinished(self) -> None:
         """Drop requests an interrupted `generate` left in the engine, so the next call starts clean."""
@@ -210,3 +264,27 @@ def to_generation(prompt: str, out) -> Generation:
         top_logprobs=top,
         prompt_logprobs=prompt_lps,
     )
+
+
+def _score_on_fresh_engine(settings: EngineSettings, sequences: list[list[int]]) -> list:
+    with VllmPath(settings) as path:
+        return path.score(sequences)
+
+
+def score_isolated(settings: EngineSettings, sequences: list[list[int]]) -> list:
+    """`VllmPath.score` on an engine of its own in a spawned child process: two engines cannot
+    share this process (closing one tears down the distributed groups the other uses)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_score_on_fresh_engine, settings, sequences).result()
+
+
+def has_native_class(config) -> bool:
+    """Whether vLLM has its own model class for this checkpoint's architecture."""
+    from vllm.model_executor.models import ModelRegistry
+
+    archs = getattr(config, "architectures", None) or []
+    supported = set(ModelRegistry.get_supported_archs())
+    return any(a in supported and not a.startswith("Transformers") for a in archs)

@@ -1,20 +1,25 @@
 """Probes that run where the model lives: a vLLM worker extension, called with collective_rpc.
 
-Every method returns plain data (dicts, lists, CPU tensors), so the same calls work in-process
-and across processes under tensor parallelism (one answer per rank).
+Every method returns plain, picklable data: the typed payloads of `probes/payloads.py`, the
+build report and result dataclasses, CPU tensors. The same calls work in-process and across
+processes under tensor parallelism (one answer per rank).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
 
 import torch
 
+from hfvllm_lab.backend.records import BuildReport
 from hfvllm_lab.device import memory_figure
 from hfvllm_lab.probes.capture import HiddenCapture
 from hfvllm_lab.probes.modules import observed_modules
+from hfvllm_lab.probes.payloads import AttentionCountsPayload, AttentionLayerPayload, MemoryPayload
 from hfvllm_lab.probes.timing import TimingProbe, vllm_step_phase
 from hfvllm_lab.probes.tree import module_tree
+from hfvllm_lab.results.replacements import ModuleNode
+from hfvllm_lab.results.timing import LayerTiming
 
 EXTENSION = "hfvllm_lab.probes.worker.LabWorkerExtension"
 
@@ -42,16 +47,18 @@ class LabWorkerExtension:
         return observed_modules(self._lab_model(), self._lab_num_layers(), self._lab_strip())
 
     # -- build records, tree, memory -----------------------------------------------------
-    def lab_build_report(self) -> dict[str, Any] | None:
+    def lab_build_report(self) -> BuildReport | None:
+        """A copy of the lab backend's build report (in-process the caller must not share the
+        model's own object); None for the other backends, which keep no records."""
         model = self._lab_model()
-        return model.lab_report.to_dict() if hasattr(model, "lab_report") else None
+        return copy.deepcopy(model.lab_report) if hasattr(model, "lab_report") else None
 
-    def lab_module_tree(self) -> list[dict[str, Any]]:
+    def lab_module_tree(self) -> list[ModuleNode]:
         model = self._lab_model()
         records = model.lab_report.records if hasattr(model, "lab_report") else None
-        return [node.__dict__ for node in module_tree(model, records, self._lab_strip())]
+        return module_tree(model, records, self._lab_strip())
 
-    def lab_memory(self) -> dict[str, Any]:
+    def lab_memory(self) -> MemoryPayload:
         """Figures after the KV cache is allocated: exact KV and parameter bytes, allocator/RSS."""
         kv_bytes = 0
         seen = set()
@@ -64,8 +71,8 @@ class LabWorkerExtension:
         model = self._lab_model()
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         figure = memory_figure(self._lab_device())
-        return {"kv_cache_bytes": kv_bytes, "param_bytes": param_bytes, "process_bytes": figure.bytes,
-                "source": figure.source}
+        return MemoryPayload(kv_cache_bytes=kv_bytes, param_bytes=param_bytes, process_bytes=figure.bytes,
+                             source=figure.source)
 
     # -- attention -----------------------------------------------------------------------
     def lab_attention_start(self) -> None:
@@ -109,27 +116,27 @@ class LabWorkerExtension:
 
         return [(n, m) for n, m in self._lab_model().named_modules() if isinstance(m, Attention)]
 
-    def lab_attention_counts(self) -> dict[str, Any]:
+    def lab_attention_counts(self) -> AttentionCountsPayload:
         """Per layer: implementation -> calls since `lab_attention_start`."""
         layers = []
         if self._lab_is_lab():
             for attn in self._lab_attention_layers():
                 spec = attn.lab_spec
-                layers.append(dict(layer=spec.layer, module=spec.module, counts=dict(attn.lab_counts),
-                                   backend=attn.lab_backend, num_heads=spec.num_heads,
-                                   num_kv_heads=spec.num_kv_heads, head_size=spec.head_size,
-                                   sliding_window=spec.sliding_window))
+                layers.append(AttentionLayerPayload(
+                    layer=spec.layer, module=spec.module, backend=attn.lab_backend, counts=dict(attn.lab_counts),
+                    num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_size=spec.head_size,
+                    sliding_window=spec.sliding_window))
             mode = self._lab_model().lab_attention_mode
         else:
             for idx, (name, attn) in enumerate(self._lab_vllm_attention()):
                 backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vllm"
-                layers.append(dict(layer=idx, module=name, counts={backend: self._lab_hook_counts.get(name, 0)},
-                                   backend=backend, num_heads=getattr(attn, "num_heads", None),
-                                   num_kv_heads=getattr(attn, "num_kv_heads", None),
-                                   head_size=getattr(attn, "head_size", None),
-                                   sliding_window=getattr(attn, "sliding_window", None)))
+                layers.append(AttentionLayerPayload(
+                    layer=idx, module=name, backend=backend, counts={backend: self._lab_hook_counts.get(name, 0)},
+                    num_heads=getattr(attn, "num_heads", None), num_kv_heads=getattr(attn, "num_kv_heads", None),
+                    head_size=getattr(attn, "head_size", None),
+                    sliding_window=getattr(attn, "sliding_window", None)))
             mode = "vllm"
-        return {"layers": layers, "forward_calls": getattr(self, "_lab_forward_calls", 0), "mode": mode}
+        return AttentionCountsPayload(layers, getattr(self, "_lab_forward_calls", 0), mode)
 
     def lab_set_attention_mode(self, mode: str) -> None:
         model = self._lab_model()
@@ -146,13 +153,13 @@ class LabWorkerExtension:
         self._lab_timing = TimingProbe(model, self._lab_observed(), self._lab_device(), vllm_step_phase,
                                        logits_owner=model).attach()
 
-    def lab_timing_stop(self, warmup_steps: int = 0) -> dict[str, Any] | None:
+    def lab_timing_stop(self, warmup_steps: int = 0) -> LayerTiming | None:
         probe = getattr(self, "_lab_timing", None)
         if probe is None:
             return None
         self._lab_timing = None
         probe.detach()
-        return probe.result("vllm", warmup_steps).to_dict()
+        return probe.result("vllm", warmup_steps)
 
     # -- hidden states -------------------------------------------------------------------
     def lab_capture_start(self) -> None:
@@ -166,3 +173,17 @@ class LabWorkerExtension:
         self._lab_capture = None
         capture.__exit__(None, None, None)
         return dict(capture.outputs)
+
+    # -- full next-token distributions (teacher forcing) ---------------------------------
+    def lab_logprobs_start(self) -> None:
+        from hfvllm_lab.probes.logprobs import LogprobCapture
+
+        self.lab_logprobs_stop()
+        self._lab_logprobs = LogprobCapture(self._lab_model()).attach()
+
+    def lab_logprobs_stop(self) -> list[torch.Tensor] | None:
+        capture = getattr(self, "_lab_logprobs", None)
+        if capture is None:
+            return None
+        self._lab_logprobs = None
+        return capture.detach()

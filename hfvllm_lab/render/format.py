@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Replacement-tree statuses (same strings as hfvllm_lab.results.replacements.STATUSES).
-STATUS_ORDER = ("replaced", "tied", "routed", "kept", "skipped")
-# Record actions in display order (records have no "skipped").
-ACTION_ORDER = ("replaced", "tied", "routed", "kept")
+from hfvllm_lab.vocab import ACTIONS, NESTED_KINDS, STATUSES, STEP_PHASES
+
+# Replacement-tree statuses and record actions (records have no "skipped"), in display order.
+STATUS_ORDER = STATUSES
+ACTION_ORDER = ACTIONS
 STATUS_MARKERS = {"replaced": "[R]", "tied": "[T]", "routed": "[A]", "kept": "[K]", "skipped": "[ ]"}
 # (foreground, background) per status; also used for bar colours in plots.
 STATUS_COLORS = {
@@ -153,8 +154,7 @@ def wrapped_columns(rows: Sequence[tuple[str, Sequence[str]]], width: int = 100,
 
 
 # -- views shared by text and HTML: pick and order what the result objects hold ------------------
-PHASE_ORDER = ("prefill", "decode")
-NESTED_KINDS = ("attention", "mlp", "norm")  # timed inside a "layer" row
+PHASE_ORDER = STEP_PHASES  # NESTED_KINDS (timed inside a "layer" row) comes from hfvllm_lab.vocab
 
 
 def class_label(original: str, current: str | None, arrow: str = "->") -> str:
@@ -220,8 +220,45 @@ FIGURE_HEADERS = ("path", "label", "tokens/s", "tokens", "time", "params", "memo
 FIGURE_ALIGN = "llrrrrrl"
 
 
+TEACHER_HEADERS = ["", "path", "KL mean", "KL p99", "KL max", "top-1", "max |dlogp| target"]
+TEACHER_ALIGN = "llrrrrr"
+
+
+def teacher_rows(teacher) -> list[list[str]]:
+    """The judged path and each noise floor, against the truth, one row each."""
+    rows = []
+    for role, d in [("judged", teacher.judged)] + [("floor", f) for f in teacher.floors]:
+        if d is not None:
+            rows.append([role, d.path, fmt_sci(d.kl_mean, 2), fmt_sci(d.kl_p99, 2), fmt_sci(d.kl_max, 2),
+                         f"{d.top1_agreement:.1%}", fmt_sci(d.max_target_logprob_diff, 2)])
+    return rows
+
+
+def teacher_heading(teacher) -> str:
+    d = teacher.judged
+    against = d.against if d is not None else "?"
+    return (f"teacher-forced: {len(teacher.sequences)} sequences (prompt + reference greedy continuation), "
+            f"{d.positions if d is not None else 0} positions, full distributions against {against}")
+
+
+def verdict_line(cmp) -> str:
+    v = cmp.verdict
+    ratio = f" ({v.ratio:.2f}x the noise floor)" if v.ratio is not None else ""
+    return f"verdict: {v.label}{ratio} - {v.reason}"
+
+
 def bisect_summary(b) -> str:
     """One line: where the first module past tolerance is, or that none is."""
+    if b.mode == "tokenization differs":
+        return "tokenization differs: nothing compared"
+    if b.mode == "noise":
+        over = sum(1 for r in b.rows if not r.ok)
+        head = f"{len(b.rows)} modules, judged against transformers' own rounding at each module: "
+        if b.first_divergent is None:
+            return head + "no module beyond noise"
+        first = next(r for r in b.rows if r.module == b.first_divergent)
+        return (head + f"first beyond noise {b.first_divergent} (relative error {fmt_sci(first.relative_error)} vs "
+                f"noise {fmt_sci(first.noise)}), {over} beyond noise")
     worst = max(b.rows, key=lambda r: r.max_abs_diff, default=None)
     over = sum(1 for r in b.rows if not r.ok)
     head = f"{len(b.rows)} modules, tolerance {b.tolerance:g}: "

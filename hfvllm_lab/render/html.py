@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from html import escape
 
 from hfvllm_lab.render.format import (
+    TEACHER_ALIGN,
+    TEACHER_HEADERS,
+    teacher_heading,
+    teacher_rows,
+    verdict_line,
     FIGURE_ALIGN,
     FIGURE_HEADERS,
     NESTED_KINDS,
@@ -195,11 +200,17 @@ def timing_html(timing) -> str:
 
 
 def bisect_html(bisect) -> str:
-    rows = [[r.module, fmt_sci(r.max_abs_diff, 2), "ok" if r.ok else "over"] for r in bisect.rows]
+    if bisect.mode == "noise":
+        headers, align = ["module", "rel. error", "HF noise", "max |diff|", ""], "lrrrl"
+        rows = [[r.module, fmt_sci(r.relative_error, 2), fmt_sci(r.noise, 2), fmt_sci(r.max_abs_diff, 2),
+                 "ok" if r.ok else "over"] for r in bisect.rows]
+    else:
+        headers, align = ["module", "max |diff|", ""], "lrl"
+        rows = [[r.module, fmt_sci(r.max_abs_diff, 2), "ok" if r.ok else "over"] for r in bisect.rows]
     classes = ["hvl-diverge" if r.module == bisect.first_divergent else ("hvl-over" if not r.ok else "")
                for r in bisect.rows]
     body = [_p(f"prompt: {bisect.prompt!r}"), _p(bisect_summary(bisect)),
-            table(["module", "max |diff|", ""], rows, align="lrl", row_classes=classes, css_class="hvl-bisect")]
+            table(headers, rows, align=align, row_classes=classes, css_class="hvl-bisect")]
     if bisect.note:
         body.append(_p(f"note: {bisect.note}", "hvl-note"))
     return _wrap("bisect-result", "Bisect", body)
@@ -223,6 +234,16 @@ def comparison_html(cmp) -> str:
     """Per prompt: verdict, tokens side by side with the divergent step highlighted, per-step logprob
     diffs; then figures, step times, residency and the bisect table."""
     body = []
+    if cmp.dtype_reason:
+        body.append(_p(f"dtype: {cmp.dtype} ({cmp.dtype_reason})"))
+    if cmp.teacher is not None:
+        v = cmp.verdict
+        badge = _badge(v.label, "hvl-ok" if v.ok else "hvl-fail", OK_BADGE if v.ok else FAIL_BADGE)
+        body.append(f'<div class="hvl-verdict" style="margin:4px 0">{badge} {escape(verdict_line(cmp))}</div>')
+        body.append(_p(f"rule: {v.rule}"))
+        body.append(_p(teacher_heading(cmp.teacher)))
+        body.append(table(TEACHER_HEADERS, teacher_rows(cmp.teacher), align=TEACHER_ALIGN, css_class="hvl-teacher"))
+        body.extend(_p(f"note: {n}") for n in cmp.teacher.notes)
     for i, pc in enumerate(cmp.prompts):
         ok = pc.parity.ok
         verdict = _badge("ok" if ok else "mismatch", "hvl-ok" if ok else "hvl-fail", OK_BADGE if ok else FAIL_BADGE)
@@ -242,8 +263,7 @@ def comparison_html(cmp) -> str:
     body.append(_p(f"residency: {fmt_opt(cmp.residency)}", "hvl-residency"))
     if cmp.bisect is not None:
         body.append(bisect_html(cmp.bisect))
-    verdict = "PASS" if cmp.ok else "FAIL"
-    title = (f"Comparison: {cmp.model} on {cmp.device} ({cmp.dtype}): {verdict}, "
+    title = (f"Comparison: {cmp.model} on {cmp.device} ({cmp.dtype}): {cmp.verdict.label}, "
              f"max logprob diff {fmt_sci(cmp.max_logprob_diff)}")
     return _wrap("comparison", title, body)
 
@@ -285,3 +305,14 @@ def generation_html(gen) -> str:
     head = (f"<div><b>{escape(repr(gen.prompt))}</b> ({len(gen.prompt_token_ids)} prompt tokens) "
             f"&rarr; {escape(repr(gen.text))}</div>")
     return head + table(["step", "token", "logprob"], rows, align="rrr", css_class="hvl-generation")
+
+
+def teacher_html(teacher) -> str:
+    body = [_p(teacher_heading(teacher)),
+            table(TEACHER_HEADERS, teacher_rows(teacher), align=TEACHER_ALIGN, css_class="hvl-teacher")]
+    if teacher.verdict is not None:
+        v = teacher.verdict
+        badge = _badge(v.label, "hvl-ok" if v.ok else "hvl-fail", OK_BADGE if v.ok else FAIL_BADGE)
+        body.append(f'<div class="hvl-verdict">{badge} {escape(v.reason)}</div>')
+    body.extend(_p(f"note: {n}") for n in teacher.notes)
+    return _wrap("teacher-forced", "Teacher-forced distributions", body)

@@ -17,7 +17,7 @@ from hfvllm_lab.render.format import (
     seconds_scale,
     timing_phases,
 )
-from hfvllm_lab.results.timing import TOP_LEVEL
+from hfvllm_lab.vocab import TOP_LEVEL
 
 PATH_COLORS = {"hf": "#ff9800", "vllm": "#1e88e5"}
 
@@ -192,4 +192,40 @@ def plot_comparison(cmp, phase: str = "decode"):
     if cmp.prompts:
         ax_diff.legend(fontsize="small")
     fig.suptitle(f"{cmp.model}: HF vs vLLM on {cmp.device} ({cmp.dtype})")
+    return fig
+
+
+def plot_teacher_forced(teacher, ax=None):
+    """Per-position KL(truth || path) of the judged path over every sequence, with the noise floor
+    (the largest floor's KL at each position) drawn as a shaded band; prompts are separated and
+    each continuation's positions shaded."""
+    fig, ax = _figure(ax, (10, 3.2))
+    judged = teacher.judged
+    if judged is None:
+        ax.text(0.5, 0.5, "no teacher-forced scores", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    eps = 1e-12
+    x0 = 0
+    for i, kls in enumerate(judged.kl_per_position):
+        xs = list(range(x0, x0 + len(kls)))
+        floor = [max((f.kl_per_position[i][j] for f in teacher.floors), default=0.0) for j in range(len(kls))]
+        if teacher.floors:
+            ax.fill_between(xs, eps, [max(v, eps) for v in floor], step="mid", color="#9e9e9e", alpha=0.35,
+                            label="noise floor (largest floor per position)" if i == 0 else None)
+        ax.plot(xs, [max(v, eps) for v in kls], marker=".", lw=1, color=PATH_COLORS["vllm"],
+                label=judged.path if i == 0 else None)
+        prompt_len = teacher.prompt_lengths[i] if i < len(teacher.prompt_lengths) else 0
+        if prompt_len and prompt_len - 1 < len(kls):
+            ax.axvspan(x0 + prompt_len - 1.5, x0 + len(kls) - 0.5, color="#fff3e0", alpha=0.6, lw=0,
+                       label="greedy continuation" if i == 0 else None)
+        if i:
+            ax.axvline(x0 - 0.5, color="#616161", lw=0.8)
+        x0 += len(kls)
+    ax.set_yscale("log")
+    ax.set_xlabel("position (prompts one after another)")
+    ax.set_ylabel(f"KL vs {judged.against}")
+    verdict = teacher.verdict
+    ax.set_title(f"teacher-forced KL per position: {verdict.label if verdict else ''}"
+                 + (f" ({verdict.ratio:.2f}x floor)" if verdict is not None and verdict.ratio is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
     return fig

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from hfvllm_lab.render.format import (
+    TEACHER_ALIGN,
+    TEACHER_HEADERS,
+    teacher_heading,
+    teacher_rows,
+    verdict_line,
     FIGURE_ALIGN,
     FIGURE_HEADERS,
     STATUS_ORDER,
@@ -177,7 +182,11 @@ def bisect_text(bisect) -> str:
     lines = [f"bisect on {quoted(bisect.prompt, 60)}: {bisect_summary(bisect)}"]
     if bisect.note:
         lines.append(f"note: {bisect.note}")
-    if bisect.rows:
+    if bisect.rows and bisect.mode == "noise":
+        rows = [["*" if r.module == bisect.first_divergent else "", r.module, fmt_sci(r.relative_error, 2),
+                 fmt_sci(r.noise, 2), fmt_sci(r.max_abs_diff, 2), "ok" if r.ok else "OVER"] for r in bisect.rows]
+        lines.append(text_table(["", "module", "rel. error", "HF noise", "max |diff|", ""], rows, align="llrrrl"))
+    elif bisect.rows:
         rows = [["*" if r.module == bisect.first_divergent else "", r.module, fmt_sci(r.max_abs_diff, 2),
                  "ok" if r.ok else "OVER"] for r in bisect.rows]
         lines.append(text_table(["", "module", "max |diff|", ""], rows, align="llrl"))
@@ -187,9 +196,17 @@ def bisect_text(bisect) -> str:
 def comparison_text(cmp) -> str:
     """Per prompt: tokens side by side with the first divergence in brackets, verdict and reason,
     logprob diffs; then the figures table, step times, residency and the bisect summary."""
-    verdict = "PASS" if cmp.ok else "FAIL"
-    lines = _title(f"Comparison: {cmp.model} on {cmp.device} ({cmp.dtype}): {verdict}, "
+    lines = _title(f"Comparison: {cmp.model} on {cmp.device} ({cmp.dtype}): {cmp.verdict.label}, "
                    f"max logprob diff {fmt_sci(cmp.max_logprob_diff)}")
+    if cmp.dtype_reason:
+        lines.append(f"dtype: {cmp.dtype} ({cmp.dtype_reason})")
+    if cmp.teacher is not None:
+        lines.append(verdict_line(cmp))
+        lines.append(f"rule: {cmp.verdict.rule}")
+        lines.append(teacher_heading(cmp.teacher))
+        lines.append(text_table(TEACHER_HEADERS, teacher_rows(cmp.teacher), align=TEACHER_ALIGN))
+        lines.extend(f"note: {n}" for n in cmp.teacher.notes)
+        lines.append(THIN)
     for i, pc in enumerate(cmp.prompts):
         at = pc.parity.first_divergence
         cells = step_cells(pc)
@@ -215,4 +232,14 @@ def comparison_text(cmp) -> str:
         lines.append(THIN)
         lines.append(bisect_text(cmp.bisect))
     lines.append(RULE)
+    return "\n".join(lines)
+
+
+def teacher_text(teacher) -> str:
+    """The judged path and the floors against the truth, and the verdict."""
+    lines = [teacher_heading(teacher), text_table(TEACHER_HEADERS, teacher_rows(teacher), align=TEACHER_ALIGN)]
+    if teacher.verdict is not None:
+        v = teacher.verdict
+        lines.append(f"verdict: {v.label}" + (f" ({v.ratio:.2f}x)" if v.ratio is not None else "") + f" - {v.reason}")
+    lines.extend(f"note: {n}" for n in teacher.notes)
     return "\n".join(lines)

@@ -1,33 +1,39 @@
-"""An ipywidgets 8 dashboard over a `Session`: controls, a Run button, and one tab per result.
+"""The dashboard's view (ipywidgets 8): controls, a Run button, a progress bar, an error area and one
+tab per result. It only draws: `show_session()` and `show_run()` receive result objects and fill the
+tabs. Building Sessions, running compare/score, catching a run's errors and wiring the Run button
+belong to the controller beside the Session, `hfvllm_lab.dashboard.Dashboard`.
 
-The widgets only read result objects and call their `plot()` / `_repr_html_()`; every number comes
-from the Session. Figures go into `HTML` widgets as base64 `<img>` tags (they survive nbconvert and
-show as `data:image/png` in the browser) and are cleared after use.
+Figures go into `HTML` widgets as base64 `<img>` tags (they survive nbconvert and show as
+`data:image/png` in the browser) and are cleared after use.
 
     from hfvllm_lab import Session
-    Session("gemma").dashboard()          # or: Dashboard().widget to start from the controls
+    Session("gemma").dashboard()          # or: hfvllm_lab.dashboard.Dashboard().widget
 """
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
+from typing import TYPE_CHECKING
 
 import ipywidgets as w
 
-from hfvllm_lab import zoo
-from hfvllm_lab.device import resolve_device, resolve_dtype
-from hfvllm_lab.errors import AttentionPathError, ProbeUnavailableError
-from hfvllm_lab.paths.vllm_path import BACKENDS
 from hfvllm_lab.render.format import count_rows, fmt_count, fmt_opt
 from hfvllm_lab.render.html import figure_to_img_tag, status_badge, table
-from hfvllm_lab.session import ATTENTION_PATHS, DEFAULT_PROMPTS, Session
+from hfvllm_lab.vocab import STEP_PHASES
+
+if TYPE_CHECKING:
+    from hfvllm_lab.results.attention import AttentionReport
+    from hfvllm_lab.results.comparison import Comparison
+    from hfvllm_lab.results.generation import Generation
+    from hfvllm_lab.results.memory import MemoryReport
+    from hfvllm_lab.results.replacements import ReplacementLog
+    from hfvllm_lab.results.timing import LayerTiming
 
 TAB_TITLES = ("Replacements", "Memory", "Attention", "Timing", "Parity")
-STEPS = ("build session", "compare", "profile", "render")
-DEVICES = ("auto", "cpu", "cuda", "mlu")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-PHASES = ("prefill", "decode")
+PHASES = STEP_PHASES
 ALL_CLASSES = "(all classes)"
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px"
 
@@ -51,75 +57,94 @@ def _options(values, current) -> list[str]:
     return values
 
 
+@dataclass
+class ControlChoices:
+    """Initial values and options of the controls. The controller fills it from the Session's
+    vocabulary (zoo names, backends, attention paths), which this module does not import."""
+
+    model: str
+    models: Sequence[str]
+    device: str
+    devices: Sequence[str]
+    dtype: str
+    dtypes: Sequence[str]
+    backend: str
+    backends: Sequence[str]
+    attention: str
+    attentions: Sequence[str]
+    prompts: Sequence[str]
+    max_tokens: int = 8
+    steps: int = 4  # length of the progress bar
+
+
+@dataclass
+class RunResults:
+    """What one run produced, for the Timing and Parity tabs (plain results, nothing to run)."""
+
+    comparison: Comparison | None = None  # compare(..., bisect=True)
+    timing: LayerTiming | None = None  # the vLLM per-module profile of that compare
+    scores: list[Generation] | None = None  # when the run could only score (HF attention)
+    attention_path: str = "vllm"  # the session's attention: "vllm", or HF "sdpa"/"eager"
+    refusal: str = ""  # why compare() was refused
+    bisect_note: str = ""  # why compare ran without bisect
+
+
 class _DashboardBox(w.VBox):
     """The top-level container; it also carries a static `text/html` rendering of the results, so a
     notebook saved without widget state (nbconvert, GitHub) still shows them."""
 
     def _repr_mimebundle_(self, **kwargs):
         data = super()._repr_mimebundle_(**kwargs) or {}
-        dashboard = getattr(self, "_dashboard", None)
-        if dashboard is not None:
-            data["text/html"] = dashboard.static_html()
+        view = getattr(self, "_view", None)
+        if view is not None:
+            data["text/html"] = view.static_html()
         return data
 
 
-class Dashboard:
+class DashboardView:
     """Controls (model, device, dtype, backend, attention, prompts, max tokens), a Run button with a
     progress bar and an error area, and tabs: Replacements, Memory, Attention, Timing, Parity.
 
-    `run()` (what the button calls) builds a new Session through `session_factory` when the controls
-    differ from the current session's settings (the old one is closed by the new Session), runs
-    `compare(prompts, max_tokens, bisect=True)` and `profile(...)`, and fills the tabs. Under HF
-    attention (sdpa/eager) compare is refused by design; the dashboard then scores the prompts and
-    shows the attention report with the refusal instead of Parity/Timing.
+    Drawing only. The owner wires `run_button`, reads `values()`, steps `set_progress()`, and hands
+    results to `show_session()` / `show_run()`; the class filter and the phase toggle redraw from
+    what was last shown. Errors while redrawing go to `report_error` (the owner may replace it), and
+    `static_header` (a callable returning HTML) heads the static rendering.
     """
 
-    def __init__(self, session: Session | None = None, *, session_factory=Session) -> None:
-        self.session = session
-        self.session_factory = session_factory
-        self.comparison = None  # Comparison of the last run
-        self.timing = None  # LayerTiming of the last run's profile()
-        self.scores = None  # list[Generation] when the last run could only score
-        self.refusal = ""  # why compare() was refused on the last run
-        self.bisect_note = ""  # why the last compare ran without bisect
-        self.log = None  # ReplacementLog shown
+    def __init__(self, choices: ControlChoices) -> None:
+        self.log: ReplacementLog | None = None  # the log shown
         self.shown_counts: dict[str, dict[str, int]] = {}
-        self.last_error: BaseException | None = None
-        self._build_controls()
+        self.run_results = RunResults()  # what the Timing and Parity tabs show
+        self.report_error: Callable[[BaseException], None] = self.show_error
+        self.static_header: Callable[[], str] = lambda: ""
+        self._build_controls(choices)
         self._build_tabs()
         self.widget = _DashboardBox(children=[
             w.HTML('<div style="font-weight:700;font-size:14px">hfvllm_lab dashboard</div>'),
             self.controls, w.HBox([self.run_button, self.progress, self.status]), self.error, self.tabs,
         ])
-        self.widget._dashboard = self
-        self.run_button.on_click(self._on_run)
+        self.widget._view = self
         self.class_filter.observe(self._on_filter, names="value")
         self.phase.observe(self._on_phase, names="value")
-        self._placeholders()
-        if session is not None:
-            self._guard(self._render_session)
+        self.show_placeholders()
 
     # -- construction -------------------------------------------------------------------
-    def _build_controls(self) -> None:
-        s = self.session
+    def _build_controls(self, c: ControlChoices) -> None:
         style = {"description_width": "80px"}
-        model = s.model_name if s is not None else zoo.DEFAULT
-        self.model = w.Combobox(value=model, options=list(zoo.names()), description="model", ensure_option=False,
+        self.model = w.Combobox(value=c.model, options=list(c.models), description="model", ensure_option=False,
                                 placeholder="zoo name or checkpoint path", style=style)
-        device = s.device if s is not None else "auto"
-        self.device = w.Dropdown(options=_options(DEVICES, device), value=device, description="device", style=style)
-        dtype = s.dtype if s is not None else "auto"
-        self.dtype = w.Dropdown(options=_options(DTYPES, dtype), value=dtype, description="dtype", style=style)
-        self.backend = w.Dropdown(options=list(BACKENDS), value=s.backend if s is not None else "lab",
-                                  description="backend", style=style)
-        self.attention = w.Dropdown(options=list(ATTENTION_PATHS), value=s.attention_path if s is not None else "vllm",
-                                    description="attention", style=style)
-        self.prompts = w.Textarea(value="\n".join(DEFAULT_PROMPTS), description="prompts", style=style,
+        self.device = w.Dropdown(options=_options(c.devices, c.device), value=c.device, description="device",
+                                 style=style)
+        self.dtype = w.Dropdown(options=_options(c.dtypes, c.dtype), value=c.dtype, description="dtype", style=style)
+        self.backend = w.Dropdown(options=list(c.backends), value=c.backend, description="backend", style=style)
+        self.attention = w.Dropdown(options=list(c.attentions), value=c.attention, description="attention",
+                                    style=style)
+        self.prompts = w.Textarea(value="\n".join(c.prompts), description="prompts", style=style,
                                   placeholder="one prompt per line", layout=w.Layout(width="520px", height="72px"))
-        self.max_tokens = w.IntSlider(value=8, min=1, max=64, description="max tokens", style=style)
+        self.max_tokens = w.IntSlider(value=c.max_tokens, min=1, max=64, description="max tokens", style=style)
         self.run_button = w.Button(description="Run", button_style="primary", icon="play",
                                    tooltip="build the session if the settings changed, then compare and profile")
-        self.progress = w.IntProgress(value=0, min=0, max=len(STEPS), description="idle",
+        self.progress = w.IntProgress(value=0, min=0, max=c.steps, description="idle",
                                       style={"description_width": "110px"})
         self.status = w.HTML("")
         self.error = w.HTML("")
@@ -159,23 +184,31 @@ class Dashboard:
         }
         self.tabs = w.Tab(children=[self.tab_children[t] for t in TAB_TITLES], titles=TAB_TITLES)
 
-    def _placeholders(self) -> None:
+    def show_placeholders(self) -> None:
         empty = _note("no session yet: choose a model and press Run")
         for html in (self.replacements_html, self.memory_html, self.attention_html):
             html.value = empty
         self.timing_html.value = self.parity_html.value = _note("press Run to compare HF and vLLM")
 
-    # -- running ------------------------------------------------------------------------
-    def _on_run(self, _button=None) -> None:
-        self.run()
+    # -- what the owner drives ----------------------------------------------------------
+    def values(self) -> dict:
+        """The controls' values: model (stripped), device, dtype, backend, attention, prompts (one per
+        non-empty line), max_tokens."""
+        return dict(model=self.model.value.strip(), device=self.device.value, dtype=self.dtype.value,
+                    backend=self.backend.value, attention=self.attention.value,
+                    prompts=[line.strip() for line in self.prompts.value.splitlines() if line.strip()],
+                    max_tokens=int(self.max_tokens.value))
 
-    def _step(self, i: int, label: str) -> None:
+    def set_busy(self, busy: bool) -> None:
+        self.run_button.disabled = busy
+
+    def set_progress(self, i: int, label: str) -> None:
         self.progress.value = i
         self.progress.description = label
-        self.status.value = _note(f"{i}/{len(STEPS)}: {label}")
+        self.status.value = _note(f"{i}/{self.progress.max}: {label}")
 
-    def _show_error(self, exc: BaseException) -> None:
-        self.last_error = exc
+    def show_error(self, exc: BaseException) -> None:
+        """Type, message and a collapsible traceback in the error area."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.error.value = (
             f'<div class="hvl-dashboard-error" style="{FONT};color:#b71c1c;background:#ffebee;padding:4px 8px;'
@@ -183,81 +216,25 @@ class Dashboard:
             f'<details><summary>traceback</summary><pre style="white-space:pre-wrap">{escape(tb)}</pre>'
             f"</details></div>")
 
-    def _guard(self, fn, *args) -> bool:
-        try:
-            fn(*args)
-        except Exception as exc:  # shown in the error area, kept in .last_error
-            self._show_error(exc)
-            return False
-        return True
-
-    def settings(self) -> dict:
-        """The control values as Session arguments."""
-        return dict(model=self.model.value.strip() or None, device=self.device.value,
-                    dtype=None if self.dtype.value == "auto" else self.dtype.value,
-                    backend=self.backend.value, attention=self.attention.value)
-
-    def _needs_new_session(self, cfg: dict) -> bool:
-        s = self.session
-        if s is None or s.closed:
-            return True
-        device = resolve_device(cfg["device"])
-        wanted = (zoo.resolve(cfg["model"]), device, resolve_dtype(cfg["dtype"], device), cfg["backend"],
-                  cfg["attention"])
-        return wanted != (s.model_dir, s.device, s.dtype, s.backend, s.attention_path)
-
-    def prompt_list(self) -> list[str]:
-        return [line.strip() for line in self.prompts.value.splitlines() if line.strip()]
-
-    def run(self) -> bool:
-        """What Run does; True on success. Errors are shown in the error area (type, message and a
-        collapsible traceback) and kept in `.last_error`; the previous session stays in place when
-        building a new one fails."""
+    def clear_error(self) -> None:
         self.error.value = ""
-        self.last_error = None
-        self.run_button.disabled = True
+
+    def _redraw(self, fn) -> None:
         try:
-            return self._guard(self._run)
-        finally:
-            self.run_button.disabled = False
+            fn()
+        except Exception as exc:  # a redraw from a control's callback: nobody else would see it
+            self.report_error(exc)
 
-    def _run(self) -> None:
-        self._step(0, STEPS[0])
-        cfg = self.settings()
-        prompts, max_tokens = self.prompt_list(), int(self.max_tokens.value)
-        if self._needs_new_session(cfg):
-            self.session = self.session_factory(cfg.pop("model"), **cfg)
-        session = self.session
-        self._step(1, STEPS[1])
-        self.comparison = self.timing = self.scores = None
-        self.refusal = self.bisect_note = ""
-        if session.attention_path != "vllm":
-            # HF attention inside the vLLM path only scores prompts: compare() is refused by
-            # design; show that refusal and score instead. Any other error is a real failure.
-            try:
-                session.compare(prompts, max_tokens)
-            except AttentionPathError as exc:
-                self.refusal = str(exc)
-            self.scores = session.score(prompts)
-        else:
-            try:
-                self.comparison = session.compare(prompts, max_tokens, bisect=True)
-            except ProbeUnavailableError as exc:  # e.g. the native backend: compare without bisect
-                self.bisect_note = f"bisect unavailable: {exc}"
-                self.comparison = session.compare(prompts, max_tokens)
-        self._step(2, STEPS[2] if self.comparison is not None else f"{STEPS[2]} (skipped)")
-        if self.comparison is not None:
-            self.timing = self.comparison.timing.get("vllm")  # compare() already profiled
-        self._step(3, STEPS[3])
-        self._render_session()
-        self._render_run()
-        self._step(4, "done")
+    # -- drawing ------------------------------------------------------------------------
+    def show_session(self, log: ReplacementLog, memory: MemoryReport, attention: AttentionReport) -> None:
+        """The Replacements, Memory and Attention tabs."""
+        self.draw_replacements(log)
+        self.memory_plot.value = _img(memory.plot(), "memory by phase")
+        self.memory_html.value = memory._repr_html_()
+        self.attention_html.value = attention._repr_html_()
+        self.attention_message.value = ""
 
-    # -- rendering ----------------------------------------------------------------------
-    def _render_session(self) -> None:
-        """Replacements, Memory and Attention from the current session."""
-        s = self.session
-        log = s.replacements
+    def draw_replacements(self, log: ReplacementLog) -> None:
         self.log = log
         self.shown_counts = log.counts()
         self.replacements_plot.value = _img(log.plot(), "replacement counts")
@@ -271,15 +248,11 @@ class Dashboard:
         with self.class_filter.hold_trait_notifications():
             self.class_filter.options = classes
             self.class_filter.value = keep
-        self._render_records()
+        self.draw_records()
         self.replacements_html.value = log._repr_html_()
-        memory = s.memory
-        self.memory_plot.value = _img(memory.plot(), "memory by phase")
-        self.memory_html.value = memory._repr_html_()
-        self.attention_html.value = s.attention._repr_html_()
-        self.attention_message.value = ""
 
-    def _render_records(self) -> None:
+    def draw_records(self) -> None:
+        """The records of the class chosen in the filter."""
         if self.log is None:
             return
         chosen = self.class_filter.value
@@ -291,41 +264,57 @@ class Dashboard:
             + table(["module", "kind", "action", "original class", "new class", "shape", "params", "reason"],
                     rows, align="lllllrrl", css_class="hvl-dashboard-records"))
 
-    def _render_timing_plot(self) -> None:
-        if self.comparison is None:
+    def show_run(self, run: RunResults) -> None:
+        """The Timing and Parity tabs from one run (or, under HF attention, its refusal and scores)."""
+        self.run_results = run
+        self.draw_timing(run)
+        self.draw_parity(run)
+        self.attention_message.value = "" if run.comparison is not None else _note(_refusal(run), "#bf360c")
+
+    def draw_timing(self, run: RunResults) -> None:
+        self.draw_timing_plot()
+        if run.comparison is None:
+            self.timing_html.value = _note(_refusal(run), "#bf360c")
+            return
+        profile = run.timing._repr_html_() if run.timing is not None else ""
+        self.timing_html.value = f"<details><summary>vLLM per-module profile (profile())</summary>{profile}</details>"
+
+    def draw_timing_plot(self) -> None:
+        """HF vs vLLM per-module time for the phase chosen in the toggle."""
+        cmp = self.run_results.comparison
+        if cmp is None:
             self.timing_plot.value = ""
             return
-        self.timing_plot.value = _img(self.comparison.plot(self.phase.value), f"HF vs vLLM, {self.phase.value}")
+        self.timing_plot.value = _img(cmp.plot(self.phase.value), f"HF vs vLLM, {self.phase.value}")
 
-    def _render_run(self) -> None:
-        """Timing and Parity from the last run (or the refusal and scores under HF attention)."""
-        self._render_timing_plot()
-        if self.comparison is not None:
-            profile = self.timing._repr_html_() if self.timing is not None else ""
-            self.timing_html.value = (f"<details><summary>vLLM per-module profile (profile())</summary>"
-                                      f"{profile}</details>")
-            self.parity_html.value = (_note(self.bisect_note) if self.bisect_note else "") \
-                + self.comparison._repr_html_()
+    def draw_parity(self, run: RunResults) -> None:
+        """The Parity tab, whole: everything it shows is drawn here."""
+        if run.comparison is None:
+            rows = [[g.prompt, len(g.prompt_token_ids), g.text] for g in (run.scores or [])]
+            scored = table(["prompt", "prompt tokens", "next token"], rows, align="lrl",
+                           css_class="hvl-dashboard-scores")
+            self.parity_html.value = _note(_refusal(run), "#bf360c") + scored
             return
-        s = self.session
-        message = (f"attention={s.attention_path!r}: compare(), generate() and profile() are refused by design; "
-                   f"scored the prompts instead (score()). {self.refusal}")
-        self.attention_message.value = _note(message, "#bf360c")
-        rows = [[g.prompt, len(g.prompt_token_ids), g.text] for g in (self.scores or [])]
-        scored = table(["prompt", "prompt tokens", "next token"], rows, align="lrl", css_class="hvl-dashboard-scores")
-        self.timing_html.value = _note(message, "#bf360c")
-        self.parity_html.value = _note(message, "#bf360c") + scored
+        note = _note(run.bisect_note) if run.bisect_note else ""
+        kl = ""
+        teacher = run.comparison.teacher
+        if teacher is not None and teacher.judged is not None:
+            from hfvllm_lab.render.plots import plot_teacher_forced
+
+            kl = _img(plot_teacher_forced(teacher), "teacher-forced KL per position with the noise floor")
+        self.parity_html.value = note + kl + run.comparison._repr_html_()
 
     def _on_filter(self, _change) -> None:
-        self._guard(self._render_records)
+        self._redraw(self.draw_records)
 
     def _on_phase(self, _change) -> None:
-        self._guard(self._render_timing_plot)
+        self._redraw(self.draw_timing_plot)
 
     # -- static fallback ----------------------------------------------------------------
     def static_html(self) -> str:
         """The tabs' current contents as one HTML fragment (no widgets needed)."""
-        parts = [self.session._repr_html_()] if self.session is not None else []
+        header = self.static_header()
+        parts = [header] if header else []
         if self.error.value:
             parts.append(self.error.value)
         for title in TAB_TITLES:
@@ -341,4 +330,9 @@ class Dashboard:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-__all__ = ["Dashboard", "TAB_TITLES", "STEPS"]
+def _refusal(run: RunResults) -> str:
+    return (f"attention={run.attention_path!r}: compare(), generate() and profile() are refused by design; "
+            f"scored the prompts instead (score()). {run.refusal}")
+
+
+__all__ = ["DashboardView", "ControlChoices", "RunResults", "TAB_TITLES"]

@@ -49,11 +49,11 @@ class AttentionReport:
                       "forward_calls": self.forward_calls, "note": self.note})
 
     def __repr__(self) -> str:
-        from hfvllm_lab.render.text import attention_text
+        from hfvllm_lab import display
 
-        return attention_text(self)
+        return display.text(self)
 
     def _repr_html_(self) -> str:
-        from hfvllm_lab.render.html import attention_html
+        from hfvllm_lab import display
 
-        return attention_html(self)
+        return display.html(self)

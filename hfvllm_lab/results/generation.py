@@ -31,9 +31,9 @@ class Generation:
         return frame([{"step": i, "token": t, "logprob": top.get(t)} for i, (t, top) in enumerate(zip(self.token_ids, tops))])
 
     def _repr_html_(self) -> str:
-        from hfvllm_lab.render.html import generation_html
+        from hfvllm_lab import display
 
-        return generation_html(self)
+        return display.html(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Generation":

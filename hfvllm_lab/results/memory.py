@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hfvllm_lab.results._base import frame, plain, rows_of
-
-PHASES = ("before", "meta", "replaced", "materialized", "loaded", "kv_cache")
+from hfvllm_lab.vocab import MEMORY_PHASES as PHASES  # noqa: F401  (defined once, in vocab)
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,16 @@ class MemoryReport:
                       "meta_saving_bytes": self.meta_saving_bytes, "note": self.note})
 
     def __repr__(self) -> str:
-        from hfvllm_lab.render.text import memory_text
+        from hfvllm_lab import display
 
-        return memory_text(self)
+        return display.text(self)
 
     def _repr_html_(self) -> str:
-        from hfvllm_lab.render.html import memory_html
+        from hfvllm_lab import display
 
-        return memory_html(self)
+        return display.html(self)
 
     def plot(self, ax=None):
-        from hfvllm_lab.render.plots import plot_memory
+        from hfvllm_lab import display
 
-        return plot_memory(self, ax=ax)
+        return display.plot(self, ax=ax)

@@ -8,9 +8,8 @@ from typing import Any
 from hfvllm_lab.backend.records import ReplacementRecord
 from hfvllm_lab.results._base import frame, plain, rows_of
 
-# Status of a node in the tree view.
-REPLACED, TIED, ROUTED, KEPT, SKIPPED = "replaced", "tied", "routed", "kept", "skipped"
-STATUSES = (REPLACED, TIED, ROUTED, KEPT, SKIPPED)
+# Status of a node in the tree view (defined once, in hfvllm_lab.vocab).
+from hfvllm_lab.vocab import KEPT, REPLACED, ROUTED, SKIPPED, STATUSES, TIED  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -59,21 +58,21 @@ class ReplacementLog:
                       "records": self.records, "tree": self.tree, "note": self.note})
 
     def tree_text(self) -> str:
-        from hfvllm_lab.render.text import replacement_tree_text
+        from hfvllm_lab import display
 
-        return replacement_tree_text(self)
+        return display.text(self, "tree")
 
     def __repr__(self) -> str:
-        from hfvllm_lab.render.text import replacement_log_text
+        from hfvllm_lab import display
 
-        return replacement_log_text(self)
+        return display.text(self)
 
     def _repr_html_(self) -> str:
-        from hfvllm_lab.render.html import replacement_log_html
+        from hfvllm_lab import display
 
-        return replacement_log_html(self)
+        return display.html(self)
 
     def plot(self, ax=None):
-        from hfvllm_lab.render.plots import plot_replacement_counts
+        from hfvllm_lab import display
 
-        return plot_replacement_counts(self, ax=ax)
+        return display.plot(self, ax=ax)

@@ -7,10 +7,10 @@ from typing import Any
 
 from hfvllm_lab.results._base import frame, plain, rows_of
 
-PREFILL, DECODE, MIXED = "prefill", "decode", "mixed"  # mixed: a step holding both
-# Kinds of timed modules; "layer" rows contain their "attention"/"mlp"/"norm" rows.
-KINDS = ("embedding", "layer", "attention", "mlp", "norm", "final_norm", "lm_head")
-TOP_LEVEL = ("embedding", "layer", "final_norm", "lm_head")  # non-overlapping: they sum to <= a step
+# Phases and kinds of timed modules ("layer" rows contain their "attention"/"mlp"/"norm" rows),
+# defined once in hfvllm_lab.vocab.
+from hfvllm_lab.vocab import DECODE, MIXED, PREFILL, TOP_LEVEL  # noqa: F401
+from hfvllm_lab.vocab import TIMED_KINDS as KINDS  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -55,22 +55,16 @@ class LayerTiming:
                       "hooks_per_step": self.hooks_per_step, "probe_seconds_per_hook": self.probe_seconds_per_hook})
 
     def __repr__(self) -> str:
-        from hfvllm_lab.render.text import timing_text
+        from hfvllm_lab import display
 
-        return timing_text(self)
+        return display.text(self)
 
     def _repr_html_(self) -> str:
-        from hfvllm_lab.render.html import timing_html
+        from hfvllm_lab import display
 
-        return timing_html(self)
+        return display.html(self)
 
     def plot(self, phase: str | None = None, ax=None):
-        from hfvllm_lab.render.plots import plot_timing
+        from hfvllm_lab import display
 
-        return plot_timing(self, phase=phase, ax=ax)
-
-
-def timing_from_dict(data: dict[str, Any]) -> LayerTiming:
-    data = dict(data)
-    data["rows"] = [ModuleTime(**r) for r in data.get("rows", [])]
-    return LayerTiming(**data)
+        return display.plot(self, phase=phase, ax=ax)

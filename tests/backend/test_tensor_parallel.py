@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from hfvllm_lab import zoo
+from hfvllm_lab.backend.records import LINEAR, BuildReport
 from hfvllm_lab.errors import UnsupportedModelError
 from hfvllm_lab.parity import compare_generations
+from hfvllm_lab.probes.payloads import AttentionCountsPayload, MemoryPayload
 from tests.conftest import engine_settings
 
 PROMPTS = ["Hello world", "The quick brown fox"]
@@ -30,14 +32,22 @@ def test_tp2_splits_by_the_plan_and_matches_transformers(tp_env):
     path = tp2("qwen3")
     try:
         report = path.rpc("lab_build_report")
+        memory = path.rpc("lab_memory")
+        path.rpc("lab_attention_start")
         out = path.generate(PROMPTS, 8)
+        counts = path.rpc("lab_attention_counts")
     finally:
         path.close()
-    classes = {r["name"].rsplit(".", 1)[-1]: r["new_class"] for r in report["records"] if r["kind"] == "linear"}
+    assert isinstance(report, BuildReport)  # the typed payload, pickled back from rank 0's process
+    classes = {r.name.rsplit(".", 1)[-1]: r.new_class for r in report.records if r.kind == LINEAR}
     assert classes["q_proj"] == classes["up_proj"] == "ColumnParallelLinear"
     assert classes["o_proj"] == classes["down_proj"] == "RowParallelLinear"
-    assert report["tensor_parallel_size"] == 2
-    assert {(a["num_heads"], a["num_kv_heads"]) for a in report["attention"]} == {(2, 1)}
+    assert report.tensor_parallel_size == 2
+    assert {(a.num_heads, a.num_kv_heads) for a in report.attention} == {(2, 1)}
+    assert isinstance(memory, MemoryPayload) and memory.kv_cache_bytes > 0 and memory.param_bytes > 0
+    assert isinstance(counts, AttentionCountsPayload) and counts.forward_calls > 0
+    assert len(counts.layers) == len(report.attention)
+    assert all(sum(layer.counts.values()) == counts.forward_calls for layer in counts.layers)
     hf = HfPath(zoo.path("qwen3")).generate(PROMPTS, 8)
     for a, b in zip(hf, out):
         verdict = compare_generations(a, b)

@@ -1,5 +1,7 @@
 """The ipywidgets dashboard, headless, on real Sessions (no mocks): controls drive `run()` through
-the Run button, and the tabs follow the session the run built."""
+the Run button, and the tabs follow the session the run built. The controller is
+`hfvllm_lab.dashboard.Dashboard`; the view it drives (`render/widgets.py`) also draws plain results
+without any Session."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
 from hfvllm_lab.errors import ModelNotFoundError  # noqa: E402
-from hfvllm_lab.render.widgets import STEPS, TAB_TITLES, Dashboard  # noqa: E402
+from hfvllm_lab.dashboard import STEPS, Dashboard  # noqa: E402
+from hfvllm_lab.render.widgets import TAB_TITLES  # noqa: E402
 from hfvllm_lab.session import Session  # noqa: E402
 
 
@@ -139,3 +142,33 @@ def test_a_dashboard_without_session_waits_for_run():
     assert d.session is None and d.model.value == "llama"
     assert "no session yet" in d.replacements_html.value
     assert "Parity" in d._repr_html_()
+
+
+def test_the_view_draws_plain_results_without_a_session():
+    from hfvllm_lab.render.widgets import ControlChoices, DashboardView, RunResults
+
+    from . import fixtures
+
+    view = DashboardView(ControlChoices(
+        model="m", models=["m"], device="cpu", devices=["cpu"], dtype="float32", dtypes=["float32"],
+        backend="lab", backends=["lab"], attention="vllm", attentions=["vllm", "sdpa"], prompts=["a", "b"]))
+    assert view.values()["prompts"] == ["a", "b"] and view.values()["max_tokens"] == 8
+    clicks = []
+    view.run_button.on_click(clicks.append)
+    view.run_button.click()  # the view runs nothing: its owner wires the button
+    assert len(clicks) == 1 and "press Run" in view.parity_html.value and view.error.value == ""
+    log = fixtures.replacement_log()
+    view.show_session(log, fixtures.memory_report(), fixtures.attention_report())
+    assert view.shown_counts == log.counts() and "data:image/png;base64," in view.replacements_plot.value
+    assert "hvl-memory" in view.memory_html.value and "hvl-attention" in view.attention_html.value
+    cmp = fixtures.comparison()
+    view.show_run(RunResults(comparison=cmp, timing=cmp.timing["vllm"]))
+    assert f"Comparison: {cmp.model}" in view.parity_html.value and "hvl-timing" in view.timing_html.value
+    decode_png = view.timing_plot.value
+    view.phase.value = "prefill"
+    assert "data:image/png;base64," in view.timing_plot.value and view.timing_plot.value != decode_png
+    gen = cmp.prompts[0].vllm
+    view.show_run(RunResults(scores=[gen], attention_path="sdpa", refusal="needs paged attention"))
+    assert "refused by design" in view.parity_html.value and gen.prompt in view.parity_html.value
+    assert "needs paged attention" in view.attention_message.value and view.timing_plot.value == ""
+    assert all(t in view.static_html() for t in TAB_TITLES)

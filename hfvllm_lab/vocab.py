@@ -1,0 +1,28 @@
+"""The words every layer shares, defined once: module kinds, replacement actions and tree statuses,
+memory and timing phases. Plain strings, no imports, so any layer (backend, probes, results, render)
+can use them without depending on another.
+"""
+
+from __future__ import annotations
+
+# Kinds of modules the backend considers for replacement (a ReplacementRecord's `kind`).
+LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
+    "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
+)
+
+# What happened to a candidate (a ReplacementRecord's `action`), in display order.
+REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"
+ACTIONS = (REPLACED, TIED, ROUTED, KEPT)
+# A node of the module tree has an action, or is "skipped": not a candidate (containers, activations).
+SKIPPED = "skipped"
+STATUSES = (*ACTIONS, SKIPPED)
+
+# Memory phases of building and serving a model, in order.
+MEMORY_PHASES = ("before", "meta", "replaced", "materialized", "loaded", "kv_cache")
+
+# Engine steps, and the kinds of timed modules.
+PREFILL, DECODE, MIXED = "prefill", "decode", "mixed"  # mixed: a step holding both
+STEP_PHASES = (PREFILL, DECODE)  # display order; any other phase follows
+TIMED_KINDS = ("embedding", "layer", "attention", "mlp", "norm", "final_norm", "lm_head")
+TOP_LEVEL = ("embedding", "layer", "final_norm", "lm_head")  # non-overlapping: they sum to <= a step
+NESTED_KINDS = ("attention", "mlp", "norm")  # timed inside a "layer" row
