@@ -50,7 +50,7 @@ class Dashboard:
     def _choices(self) -> ControlChoices:
         s = self.session
         return ControlChoices(
-            model=s.model_name if s is not None else zoo.DEFAULT, models=zoo.names(),
+            model=s.model_name if s is not None else zoo.DEFAULT, models=zoo.names(include_real=True),
             device=s.device if s is not None else "auto", devices=DEVICES,
             dtype=s.dtype if s is not None else "auto", dtypes=DTYPES,
             backend=s.backend if s is not None else "lab", backends=BACKENDS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
     "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
 )
+EXPERTS = "experts"  # a packed MoE experts module (transformers 5: experts.gate_up_proj / down_proj)
 
 # What happened to a candidate (a ReplacementRecord's `action`), in display order.
 REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"

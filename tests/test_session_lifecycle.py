@@ -29,6 +29,30 @@ def test_a_new_session_closes_the_previous_one():
     assert second.closed
 
 
+def test_a_refused_session_leaves_the_previous_one_generating(tmp_path):
+    import json
+    import shutil
+
+    from hfvllm_lab.errors import ModelNotFoundError, UnsupportedModelError
+
+    # The same checkpoint with a rope whose frequencies depend on the batch: refused up front.
+    bad = tmp_path / "dynamic-rope"
+    shutil.copytree(zoo.path("llama"), bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    (bad / "config.json").write_text(json.dumps(config))
+    with Session("llama") as first:
+        expected = first.generate(["Hello"], 3)[0].token_ids
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # nothing may be closed on the way to a refusal
+            with pytest.raises(UnsupportedModelError, match="dynamic"):
+                Session(bad)
+            with pytest.raises(ModelNotFoundError):
+                Session(tmp_path / "no-such-checkpoint")
+        assert not first.closed
+        assert first.generate(["Hello"], 3)[0].token_ids == expected
+
+
 def test_ctrl_c_during_generation_leaves_the_session_usable():
     with Session("llama", max_model_len=512) as s:
         expected = s.generate(["Hello"], 3)[0].token_ids

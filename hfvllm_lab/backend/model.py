@@ -28,7 +28,7 @@ from hfvllm_lab.backend.records import (
     ReplacementRecord,
 )
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
-from hfvllm_lab.backend.weights import load_checked, name_map_for
+from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
 from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError
 
@@ -152,9 +152,12 @@ class LabForCausalLM(nn.Module):
         report.eager_param_bytes = report.phases[-1].meta_bytes
 
         base = getattr(hf, hf.base_model_prefix)
+        # HF's own names and shapes, before any swap: what transformers' conversion mapping targets.
+        hf_state = {n: tuple(t.shape) for n, t in hf.state_dict(keep_vars=True).items()}
+        self._conversion = CheckpointConversion(hf, hf_state)
         head_name = self._output_embedding_name(hf)
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
-        ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}))
+        ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
         report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
         self._route_attention(hf, vllm_config, report)
@@ -286,7 +289,7 @@ class LabForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         expected = {n for n, _ in self.named_parameters() if ATTN_ATTR not in n.split(".")}
-        outcome = load_checked(self, weights, self._names, expected)
+        outcome = load_checked(self, weights, self._names, expected, self._conversion)
         self.lab_report.loaded_weights = len(outcome.loaded)
         self.lab_report.ignored_weights = outcome.ignored
         real, meta = parameter_bytes(self)

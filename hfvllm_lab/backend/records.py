@@ -9,6 +9,7 @@ from typing import Any
 from hfvllm_lab.vocab import (  # noqa: F401
     ATTENTION,
     EMBEDDING,
+    EXPERTS,
     KEPT,
     LINEAR,
     LM_HEAD,

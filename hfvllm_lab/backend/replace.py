@@ -13,6 +13,7 @@ from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, looks_like_
 from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import (
     EMBEDDING,
+    EXPERTS,
     KEPT,
     LINEAR,
     NORM,
@@ -29,6 +30,7 @@ class ReplaceContext:
     tp_size: int
     tp_plan: dict[str, str]
     skip: frozenset[str]  # qualified names handled elsewhere (the LM head)
+    config: object = None  # the text config (MoE top-k when the router does not say)
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -97,6 +99,15 @@ def embedding_scale(embedding: nn.Embedding) -> float | None:
     return scale
 
 
+def is_packed_experts(module: nn.Module) -> bool:
+    """transformers 5's packed experts: declared with use_experts_implementation, or 3-D
+    gate_up_proj/down_proj parameters."""
+    if hasattr(module, "has_gate") and hasattr(module, "is_transposed"):
+        return True
+    params = dict(module.named_parameters(recurse=False))
+    return bool(params) and "down_proj" in params and all(p.ndim == 3 for p in params.values())
+
+
 def replace_modules(
     model: nn.Module, root: str, ctx: ReplaceContext, *, vllm_prefix: str, base_prefix: str
 ) -> list[ReplacementRecord]:
@@ -135,14 +146,32 @@ def replace_modules(
                     records.append(
                         _record(name, NORM, REPLACED, child, new, reason=f"{maths.convention}, width {maths.width}")
                     )
+            elif is_packed_experts(child):
+                from hfvllm_lab.backend.moe import LabFusedExperts, describe_routing, plan_experts
+
+                plan, why = plan_experts(child, parent, ctx.config)
+                if plan is not None and plan.intermediate_size % ctx.tp_size:
+                    plan, why = None, (f"expert intermediate size {plan.intermediate_size} does not split over "
+                                       f"{ctx.tp_size} ranks: runs as HF")
+                if plan is None:
+                    records.append(_record(name, EXPERTS, KEPT, child, reason=why))
+                else:
+                    new = LabFusedExperts(plan, ctx.quant_config, f"{vllm_prefix}.{name}")
+                    records.append(_record(
+                        name, EXPERTS, REPLACED, child, new,
+                        reason=(f"vLLM fused MoE: {plan.num_experts} experts, top-{plan.top_k}, {plan.activation}(gate)*up, "
+                                f"intermediate {plan.intermediate_size}; {describe_routing(parent, child, ctx.config)}"),
+                    ))
             elif "rotary" in type(child).__name__.lower():
                 records.append(
                     _record(name, ROTARY, KEPT, child, reason="position embeddings stay HF: computed from buffers")
                 )
             else:
                 if any(True for _ in child.parameters(recurse=False)) and not dispatches_through_interface(type(child)):
-                    records.append(_record(name, OTHER, KEPT, child,
-                                           reason="holds parameters but is not a Linear, norm or embedding: runs as HF"))
+                    reason = "holds parameters but is not a Linear, norm or embedding: runs as HF"
+                    if any(is_packed_experts(c) for c in parent.children()):
+                        reason = "MoE router: runs as HF and hands its top-k ids and weights to the experts"
+                    records.append(_record(name, OTHER, KEPT, child, reason=reason))
                 visit(child, name)
                 continue
             if new is not None:

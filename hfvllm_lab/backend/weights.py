@@ -53,6 +53,93 @@ def name_map_for(hf_model: nn.Module, root: str) -> NameMap:
     return NameMap(root, frozenset(lm_children), base_prefix, frozenset(base_children), patterns)
 
 
+class CheckpointConversion:
+    """transformers' own checkpoint conversion mapping for one HF model, applied to a stream.
+
+    transformers 5 renames some checkpoint keys at load time (gpt_neox `embed_out` -> `lm_head`)
+    and fuses per-expert MoE tensors (`experts.0.gate_proj.weight`, ...) into the 3-D parameters
+    its modules hold (`experts.gate_up_proj`), through `get_model_conversion_mapping(model)`.
+    This applies the same transforms, in transformers' order, to vLLM's weight iterator: renamed
+    keys pass straight through; a converter's sources are held until every one of them has
+    arrived (experts counted from the target parameter's first dimension), then converted by
+    transformers' own operations and handed on under the target's name.
+    """
+
+    def __init__(self, hf_model: nn.Module, hf_state: dict[str, tuple[int, ...]]) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming
+
+        self.model = hf_model
+        self.base_prefix = hf_model.base_model_prefix
+        self.hf_state = hf_state  # HF parameter/buffer name -> shape, taken before any swap
+        transforms = get_model_conversion_mapping(hf_model)
+        self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        self.converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        self._by_pattern = {p: c for c in self.converters for p in c.source_patterns}
+        # target key -> (converter, {source pattern: [(checkpoint name, tensor)]})
+        self._pending: dict[str, tuple[object, dict[str, list[tuple[str, torch.Tensor]]]]] = {}
+        self.converted: list[str] = []  # target names produced by a converter
+        self.renamed: dict[str, str] = {}  # checkpoint name -> HF name, where they differ
+
+    def describe(self) -> list[str]:
+        return [repr(t) for t in (*self.renamings, *self.converters)]
+
+    def rename(self, name: str) -> tuple[str, str | None]:
+        """(HF name, converter source pattern or None), as transformers' loader renames a key."""
+        from transformers.core_model_loading import rename_source_key
+
+        renamed, pattern = rename_source_key(name, self.renamings, self.converters, self.base_prefix, self.hf_state)
+        if renamed not in self.hf_state and name in self.hf_state:
+            return name, None
+        return renamed, pattern
+
+    def __call__(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            target, pattern = self.rename(name)
+            if pattern is None or target not in self.hf_state:
+                if target != name:
+                    self.renamed[name] = target
+                yield (target if target in self.hf_state else name), tensor
+                continue
+            converter, collected = self._pending.setdefault(target, (self._by_pattern[pattern], {}))
+            collected.setdefault(pattern, []).append((name, tensor))
+            if self._complete(target, converter, collected):
+                yield from self._convert(target)
+        for target in list(self._pending):
+            yield from self._convert(target)
+
+    def _complete(self, target: str, converter, collected) -> bool:
+        from transformers.core_model_loading import MergeModulelist
+
+        per_pattern = 1
+        if any(isinstance(op, MergeModulelist) for op in converter.operations):
+            per_pattern = self.hf_state[target][0]
+        return all(len(collected.get(p, ())) >= per_pattern for p in converter.source_patterns)
+
+    def _convert(self, target: str) -> Iterator[tuple[str, torch.Tensor]]:
+        from copy import deepcopy
+
+        from transformers.core_model_loading import dot_natural_key
+
+        template, collected = self._pending.pop(target)
+        converter = deepcopy(template)
+        for pattern, items in collected.items():
+            # Experts in numeric order (experts.2 before experts.10), as transformers sorts them.
+            for source, tensor in sorted(items, key=lambda kv: dot_natural_key(kv[0])):
+                converter.add_tensor(target, source, pattern, tensor)
+        try:
+            out = converter.convert(target, model=self.model, config=self.model.config)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the checkpoint names
+            sources = sorted(n for items in collected.values() for n, _ in items)
+            raise WeightsError(
+                f"transformers' conversion {converter!r} failed for {target} from {', '.join(_short(sources))}: {exc}"
+            ) from exc
+        for name, value in out.items():
+            value = value[0] if isinstance(value, list) else value
+            self.converted.append(name)
+            yield name, value
+
+
 @dataclass
 class LoadOutcome:
     loaded: set[str]
@@ -64,6 +151,7 @@ def load_checked(
     weights: Iterable[tuple[str, torch.Tensor]],
     names: NameMap,
     expected: set[str],
+    conversion: CheckpointConversion | None = None,
 ) -> LoadOutcome:
     """Load through vLLM's `AutoWeightsLoader`; raise `WeightsError` listing any missing or
     unexpected tensors once the whole stream has been seen."""
@@ -74,9 +162,11 @@ def load_checked(
     unexpected: list[str] = []
     ignored: list[str] = []
     aliases = _tied_aliases(model)
+    # Names a module loads itself although they are not its parameters (packed MoE experts).
+    accepted = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() for n in getattr(mod, "lab_accepts", ())}
 
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in weights:
+        for name, tensor in (conversion(weights) if conversion is not None else weights):
             if names.ignorable(name):
                 ignored.append(name)
                 continue
@@ -84,7 +174,7 @@ def load_checked(
             if target in aliases:
                 ignored.append(name)  # a tied copy of a tensor loaded under its other name
                 continue
-            if target is None or (target not in params and target not in buffers):
+            if target is None or (target not in params and target not in buffers and target not in accepted):
                 unexpected.append(name)
                 continue
             yield target, tensor

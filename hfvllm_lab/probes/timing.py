@@ -199,9 +199,59 @@ def calibrate_hook_cost(device: str, repeats: int = 200) -> float:
 
 
 def vllm_step_phase(args: tuple, kwargs: dict) -> str:
-    """vLLM flattens a step's sequences into runs of consecutive positions. A run longer than one
-    token, or starting at 0, is (a chunk of) a prefill; single tokens elsewhere are decodes. A step
-    holding both is "mixed" and kept apart so it skews neither average."""
+    """Classify a step from the scheduler's view, read from the attention metadata vLLM sets in
+    the forward context: per sequence, the tokens it contributes (`query_start_loc`) and its
+    length after the step (`seq_lens`). One new token on top of already computed ones is a
+    decode; more than one (or a first token) is (a chunk of) a prefill; a step holding both is
+    "mixed" and kept apart so it skews neither average. Outside a forward context (no metadata),
+    falls back to `positions_step_phase`."""
+    counts = scheduled_tokens()
+    if counts is None:
+        return positions_step_phase(args, kwargs)
+    return phase_of(*counts)
+
+
+def phase_of(query_lens: list[int], computed: list[int]) -> str:
+    """The step's phase from each sequence's scheduled tokens and tokens computed before it."""
+    kinds = {DECODE if q == 1 and c > 0 else PREFILL for q, c in zip(query_lens, computed) if q > 0}
+    if not kinds:
+        return DECODE
+    return kinds.pop() if len(kinds) == 1 else MIXED
+
+
+def scheduled_tokens() -> tuple[list[int], list[int]] | None:
+    """(tokens scheduled, tokens already computed) per sequence of the running step, from the
+    first attention metadata in vLLM's forward context that carries `query_start_loc` and
+    `seq_lens`; None when there is none (no forward context, or a dummy run)."""
+    try:
+        from vllm.forward_context import get_forward_context, is_forward_context_available
+    except ImportError:
+        return None
+    if not is_forward_context_available():
+        return None
+    metadata = get_forward_context().attn_metadata
+    if isinstance(metadata, list):  # micro-batched: one dict per micro-batch
+        metadata = {k: v for part in metadata for k, v in part.items()}
+    for meta in (metadata or {}).values():
+        starts = getattr(meta, "query_start_loc_cpu", None)
+        if starts is None:
+            starts = getattr(meta, "query_start_loc", None)
+        seq_lens = getattr(meta, "seq_lens_cpu", None)
+        if seq_lens is None:
+            seq_lens = getattr(meta, "seq_lens", None)
+        if isinstance(starts, torch.Tensor) and isinstance(seq_lens, torch.Tensor):
+            starts = starts.tolist()
+            seq_lens = seq_lens.tolist()
+            n = min(len(starts) - 1, len(seq_lens))
+            query = [starts[i + 1] - starts[i] for i in range(n)]
+            return query, [max(0, seq_lens[i] - query[i]) for i in range(n)]
+    return None
+
+
+def positions_step_phase(args: tuple, kwargs: dict) -> str:
+    """Guess from positions alone (no scheduler view): runs of consecutive positions longer than
+    one token, or starting at 0, are prefills. Adjacent decodes of different sequences look like
+    one run here, which is why `vllm_step_phase` reads the attention metadata instead."""
     positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
     if positions is None:
         return DECODE

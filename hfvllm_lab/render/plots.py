@@ -204,7 +204,10 @@ def plot_teacher_forced(teacher, ax=None):
     if judged is None:
         ax.text(0.5, 0.5, "no teacher-forced scores", ha="center", va="center", transform=ax.transAxes)
         return fig
-    eps = 1e-12
+    values = [v for row in judged.kl_per_position for v in row if v > 0]
+    values += [v for f in teacher.floors for row in f.kl_per_position for v in row if v > 0]
+    # Exact agreement (KL 0) is drawn at the bottom of the axis, not at 1e-300.
+    eps = max(min(values, default=1e-8) / 5, 1e-10)
     x0 = 0
     for i, kls in enumerate(judged.kl_per_position):
         xs = list(range(x0, x0 + len(kls)))
@@ -222,10 +225,11 @@ def plot_teacher_forced(teacher, ax=None):
             ax.axvline(x0 - 0.5, color="#616161", lw=0.8)
         x0 += len(kls)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=eps)
     ax.set_xlabel("position (prompts one after another)")
     ax.set_ylabel(f"KL vs {judged.against}")
     verdict = teacher.verdict
     ax.set_title(f"teacher-forced KL per position: {verdict.label if verdict else ''}"
                  + (f" ({verdict.ratio:.2f}x floor)" if verdict is not None and verdict.ratio is not None else ""))
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.8)
     return fig

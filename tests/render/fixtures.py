@@ -165,3 +165,21 @@ def comparison(prompt: str = "The quick brown fox") -> Comparison:
         residency="sequential: the HF model was freed before the vLLM engine was built",
         bisect=bisect_result(prompt),
     )
+
+
+def teacher_forced(ratio: float = 0.9):
+    """Two sequences: the judged path at `ratio` x a floor; position 0 of each agrees exactly."""
+    from hfvllm_lab.results.teacher import DistributionDiff, TeacherForced, Verdict
+
+    floor_kl = [[0.0, 1e-3, 2e-3, 1e-3], [0.0, 3e-3, 1e-3]]
+    judged_kl = [[k * ratio for k in row] for row in floor_kl]
+
+    def diff(path, kls):
+        flat = [k for row in kls for k in row]
+        return DistributionDiff(path, "transformers (float32)", len(flat), sum(flat) / len(flat), max(flat),
+                                max(flat), 0.95, 0.1, kls)
+
+    status = "within noise" if ratio <= 2.5 else "beyond noise"
+    return TeacherForced("bfloat16", [[1, 2, 3, 4, 5], [1, 6, 7, 8]], [3, 2], diff("lab (bfloat16)", judged_kl),
+                         [diff("transformers (bfloat16)", floor_kl)],
+                         Verdict(status, ratio, "rule", f"KL mean at {ratio}x the floor"))

@@ -103,3 +103,18 @@ def test_empty_objects_still_plot():
     assert len(plots.plot_memory(none).axes) == 2
     assert len(plots.plot_timing(LayerTiming("vllm", "cpu", "perf_counter")).axes) == 1
     assert len(plots.plot_comparison(Comparison("m", "cpu", "float32")).axes) == 2
+
+
+def test_teacher_forced_kl_per_position_with_the_noise_band():
+    teacher = fixtures.teacher_forced(ratio=3.0)
+    fig = teacher.plot()
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    # one judged line per sequence, its points at 3x the band; one band per sequence
+    lines = [line for line in ax.get_lines() if line.get_marker() == "."]
+    assert [len(line.get_xdata()) for line in lines] == [4, 3]
+    assert lines[0].get_ydata()[1] == pytest.approx(3e-3)
+    assert len(ax.collections) >= 2
+    # exact agreement (KL 0) sits at the bottom of the axis, not at 1e-300
+    assert ax.get_ylim()[0] > 1e-11
+    assert "beyond noise" in ax.get_title()

@@ -115,3 +115,9 @@ def test_long_prompts_are_cut_and_length_mismatch_is_marked():
     assert "p" * 200 not in out and "..." in out
     assert "[37]" in out and "[137]" in out and "[-]" in out
     assert max(len(line) for line in out.splitlines()) <= 100
+
+
+def test_teacher_forced_text_names_the_judged_path_the_floor_and_the_verdict():
+    text = repr(fixtures.teacher_forced(ratio=0.9))
+    assert "judged  lab (bfloat16)" in text and "floor   transformers (bfloat16)" in text
+    assert "verdict: within noise (0.90x)" in text
