@@ -13,7 +13,9 @@ EXPERTS = "experts"  # a packed MoE experts module (transformers 5: experts.gate
 
 # What happened to a candidate (a ReplacementRecord's `action`), in display order.
 REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"
-ACTIONS = (REPLACED, TIED, ROUTED, KEPT)
+# "fused": several HF modules merged into one vLLM layer (the record's `fused_from` names them).
+FUSED = "fused"
+ACTIONS = (REPLACED, FUSED, TIED, ROUTED, KEPT)
 # A node of the module tree has an action, or is "skipped": not a candidate (containers, activations).
 SKIPPED = "skipped"
 STATUSES = (*ACTIONS, SKIPPED)

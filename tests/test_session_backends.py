@@ -41,14 +41,7 @@ def main():
     att = s.attention
     timing = s.profile(["Hello", "abc"], 4)
     cmp = s.compare(["Hello world"], 6)
-    refused = None
-    if sys.argv[1] == "native":  # bisect is refused on native models, and the session stays usable
-        try:
-            s.bisect("Hello")
-        except Exception as exc:
-            refused = dict(error=type(exc).__name__, message=str(exc),
-                           generated_after=len(s.generate(["Hello"], 2)[0].token_ids))
-    out = dict(refused=refused,
+    out = dict(
         dtype=s.dtype, note=log.note, records=len(log.records), statuses=sorted({n.status for n in log.tree}),
         replaced=[n.name for n in log.tree if n.status == "replaced"],
         phases=[p.phase for p in mem.phases], kv=mem.phase("kv_cache").kv_cache_bytes,
@@ -74,22 +67,9 @@ def observe(backend: str, tmp_path) -> dict:
     return json.loads(lines[-1][len("RESULT"):])
 
 
-@pytest.fixture(scope="module")
-def observed(tmp_path_factory):
-    """observed(backend) -> what one child process saw; one engine per backend for this module."""
-    seen = {}
-
-    def get(backend: str) -> dict:
-        if backend not in seen:
-            seen[backend] = observe(backend, tmp_path_factory.mktemp(backend))
-        return seen[backend]
-
-    return get
-
-
 @pytest.mark.parametrize("backend", ["transformers", "native"])
-def test_reference_backend_through_the_probes(backend, observed):
-    out = observed(backend)
+def test_reference_backend_through_the_probes(backend, tmp_path):
+    out = observe(backend, tmp_path)
     assert out["records"] == 0 and out["note"]  # no records: said so, and the tree is observed
     assert "model.layers.0.self_attn.o_proj" in out["replaced"]  # a vLLM linear layer
     assert out["phases"] == ["before", "kv_cache"] and out["kv"] > 0
@@ -100,8 +80,10 @@ def test_reference_backend_through_the_probes(backend, observed):
         assert "child process" in out["residency"]
 
 
-def test_bisect_is_refused_on_the_native_model_with_the_reason(observed):
-    refused = observed("native")["refused"]  # the same native engine as above, not a second one
-    assert refused is not None, "bisect ran on the native model"
-    assert refused["error"] == ProbeUnavailableError.__name__ and "not comparable" in refused["message"], refused
-    assert refused["generated_after"] == 2
+def test_bisect_is_refused_on_the_native_model_with_the_reason():
+    from hfvllm_lab import Session
+
+    with Session(MODEL, backend="native") as s:
+        with pytest.raises(ProbeUnavailableError, match="not comparable"):
+            s.bisect("Hello")
+        assert len(s.generate(["Hello"], 2)[0].token_ids) == 2

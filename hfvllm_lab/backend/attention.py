@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+import sys
+import textwrap
 from functools import cache
 
 import torch
@@ -38,15 +41,26 @@ def lab_attention_forward(
             f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')}) dispatched to the "
             f"lab attention but has no vLLM Attention attached; it was not built by the lab backend"
         )
-    _check_agrees(module, attn, scaling, sliding_window, softcap)
-    if attention_mask is not None or kwargs.get("s_aux") is not None:
-        what = "an attention mask" if attention_mask is not None else "attention sinks (s_aux)"
-        raise AttentionPathError(f"{attn.lab_spec.module} passes {what}, which the lab's vLLM attention would drop")
+    _check_agrees(module, attn, query, key, value, scaling, sliding_window, softcap)
+    sinks = kwargs.get("s_aux")
+    if sinks is not None and (attn.lab_spec.sinks is None or sinks is not module.get_parameter(attn.lab_spec.sinks)):
+        raise AttentionPathError(
+            f"{attn.lab_spec.module} passes attention sinks (s_aux) that its vLLM Attention was not built with"
+        )
+    if sinks is None and attn.lab_spec.sinks is not None:
+        raise AttentionPathError(f"{attn.lab_spec.module} was built with attention sinks but passed none")
+    if kwargs.get("is_causal") is False:
+        raise AttentionPathError(f"{attn.lab_spec.module} asks for non-causal attention; vLLM's decoder attention is causal")
+    if attention_mask is not None:
+        raise AttentionPathError(
+            f"{attn.lab_spec.module} passes an attention mask, which the lab's vLLM attention would drop"
+        )
     tokens = query.shape[-2]
     if attn.lab_override is not None:
         # HF attention inside the vLLM path: the model checked that this forward is one sequence
         # from position 0 (prompt scoring), the only case where it is correct without KV history.
-        out = hf_attention(module, query, key, value, attn.lab_override, scaling, sliding_window, softcap)
+        extra = {"s_aux": sinks} if sinks is not None else {}
+        out = hf_attention(module, query, key, value, attn.lab_override, scaling, sliding_window, softcap, **extra)
         attn.lab_counts[attn.lab_override] = attn.lab_counts.get(attn.lab_override, 0) + 1
         return out.reshape(tokens, -1), None
     q, k, v = (x.transpose(1, 2).reshape(tokens, -1) for x in (query, key, value))
@@ -55,10 +69,8 @@ def lab_attention_forward(
     return out, None
 
 
-def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, softcap) -> torch.Tensor:
+def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, softcap, **extra) -> torch.Tensor:
     """transformers' own eager (the model module's) or sdpa attention on one causal sequence."""
-    import sys
-
     tokens = query.shape[-2]
     pos = torch.arange(tokens, device=query.device)
     allowed = pos[None, :] <= pos[:, None]
@@ -73,15 +85,20 @@ def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, 
     else:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn
     out, _ = fn(module, query, key, value, mask, scaling=scaling, dropout=0.0, sliding_window=sliding_window,
-                softcap=softcap)
+                softcap=softcap, **extra)
     return out
 
 
-def _check_agrees(module, attn, scaling, sliding_window, softcap) -> None:
+def _check_agrees(module, attn, query, key, value, scaling, sliding_window, softcap) -> None:
     """Refuse when the HF module asks for maths that its vLLM layer was not built with."""
     if attn.lab_checked:
         return
     problems = []
+    spec = attn.lab_spec
+    got = (query.shape[1], key.shape[1], query.shape[-1], key.shape[-1], value.shape[-1])
+    want = (spec.num_heads, spec.num_kv_heads, spec.head_size, spec.head_size, spec.head_size)
+    if got != want:
+        problems.append(f"heads/kv heads/q, k, v head sizes {got} vs {want}")
     if scaling is not None and abs(float(scaling) - attn.lab_spec.scale) > 1e-6 * abs(float(scaling)):
         problems.append(f"scaling {scaling} vs {attn.lab_spec.scale}")
     if (sliding_window or None) != attn.lab_spec.sliding_window:
@@ -151,6 +168,59 @@ def _layer_type(config, idx: int) -> str | None:
     return types[idx] if types and idx < len(types) else None
 
 
+class _Unknown:
+    def __repr__(self) -> str:
+        return "<not readable>"
+
+
+UNKNOWN = _Unknown()
+
+
+@cache
+def _attention_calls(cls: type) -> tuple[ast.Call, ...]:
+    """The calls in `cls.forward` that go to the looked-up attention function."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))))
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    names = {"attention_interface"}
+    for node in ast.walk(tree):  # `fn = ALL_ATTENTION_FUNCTIONS.get_interface(...)` / `[...]`
+        if isinstance(node, ast.Assign) and "ALL_ATTENTION_FUNCTIONS" in ast.unparse(node.value):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return tuple(n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                 and n.func.id in names)
+
+
+def passed_attention_kwargs(module: nn.Module) -> dict[str, object]:
+    """What `module.forward` passes to the attention function, keyword by keyword, evaluated with
+    `self` = this module where the expression reads only `self`, constants and module globals
+    (`scaling=1.0`, `sliding_window=self.sliding_window if self.is_sliding else None`); UNKNOWN
+    where it reads anything else. A keyword that is not passed is absent."""
+    calls = _attention_calls(type(module))
+    if len(calls) != 1:
+        return {}
+    namespace = dict(vars(sys.modules[type(module).__module__]))
+    out: dict[str, object] = {}
+    for kw in calls[0].keywords:
+        if kw.arg is None:
+            continue
+        names = {n.id for n in ast.walk(kw.value) if isinstance(n, ast.Name)}
+        if names - {"self", "None", "True", "False"} - set(namespace):
+            out[kw.arg] = UNKNOWN
+            continue
+        try:
+            out[kw.arg] = eval(compile(ast.Expression(kw.value), "<attention kwargs>", "eval"),  # noqa: S307
+                               namespace, {"self": module})
+        except Exception:  # noqa: BLE001 - an unreadable value is reported as such
+            out[kw.arg] = UNKNOWN
+    return out
+
+
+def _known(passed: dict, key: str):
+    value = passed.get(key, UNKNOWN)
+    return None if value is UNKNOWN else (value,)
+
+
 def head_geometry(config) -> tuple[int, int, int]:
     """(query heads, KV heads, head size) of a text config: `head_dim` wins over hidden/heads."""
     heads = config.num_attention_heads
@@ -158,13 +228,46 @@ def head_geometry(config) -> tuple[int, int, int]:
     return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
+def _module_int(module: nn.Module, *names: str) -> int | None:
+    for n in names:
+        value = getattr(module, n, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int, prefix: str) -> AttentionLayerSpec:
-    heads, kv_heads, config_head_size = head_geometry(config)
-    head_size = getattr(module, "head_dim", None) or config_head_size
-    scale = getattr(module, "scaling", None)
+    """The geometry and maths of one layer's attention, read from that layer's HF module (heads,
+    head size, scale, window, soft-cap, sinks are per layer) and from what its forward passes to
+    the attention function; the config only where the module says nothing."""
+    cfg_heads, cfg_kv_heads, config_head_size = head_geometry(config)
+    heads = _module_int(module, "num_heads", "num_attention_heads") or cfg_heads
+    kv_heads = _module_int(module, "num_key_value_heads", "num_kv_heads")
+    groups = _module_int(module, "num_key_value_groups")
+    if kv_heads is None:
+        kv_heads = heads // groups if groups else cfg_kv_heads
+    head_size = _module_int(module, "qk_head_dim", "head_dim", "head_size") or config_head_size
+    v_head = _module_int(module, "v_head_dim")
+    if v_head is not None and v_head != head_size:
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}): value head size {v_head} differs from the query/key head size "
+            f"{head_size}; vLLM's Attention takes one head size"
+        )
+    passed = passed_attention_kwargs(module)
+    if passed.get("is_causal") is False or getattr(module, "is_causal", True) is False:
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}) computes non-causal (bidirectional) attention "
+            "(is_causal=False); vLLM's decoder attention is causal, so every token would see the wrong context"
+        )
+    if "scaling" in passed:
+        scale = _known(passed, "scaling")[0] if _known(passed, "scaling") else getattr(module, "scaling", None)
+    else:
+        scale = getattr(module, "scaling", None)
     if scale is None:
         scale = head_size**-0.5
-    if hasattr(module, "sliding_window"):
+    if _known(passed, "sliding_window"):
+        window = _known(passed, "sliding_window")[0]
+    elif hasattr(module, "sliding_window"):
         window = module.sliding_window
     elif _layer_type(config, idx) is not None:
         window = config.sliding_window if _layer_type(config, idx) == "sliding_attention" else None
@@ -172,7 +275,20 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
         window = getattr(config, "sliding_window", None)
     else:
         window = None
-    softcap = getattr(module, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
+    if _known(passed, "softcap"):
+        softcap = _known(passed, "softcap")[0]
+    else:
+        softcap = getattr(module, "attn_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None)
+    sinks = None
+    if "s_aux" in passed:
+        value = passed["s_aux"]
+        sinks = next((n for n, p in module.named_parameters() if p is value), None) if value is not None else None
+        if value is not None and sinks is None:
+            raise UnsupportedModelError(
+                f"{name} ({type(module).__name__}) passes attention sinks (s_aux) that are not one of its parameters"
+            )
+        if sinks is not None and tp_size > 1:
+            raise UnsupportedModelError(f"{name}: attention sinks are not split per tensor-parallel rank by the lab")
     check_tensor_parallel(config, tp_size)
     if tp_size > 1 and not all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj")):
         raise UnsupportedModelError(
@@ -190,7 +306,13 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
         scale=float(scale),
         sliding_window=window or None,
         logits_soft_cap=softcap or None,
+        sinks=sinks,
     )
+
+
+def calls_known(module: nn.Module) -> bool:
+    """Whether the module's forward has exactly one readable call to the attention function."""
+    return len(_attention_calls(type(module))) == 1
 
 
 def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -> nn.Module:
@@ -206,6 +328,7 @@ def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -
         logits_soft_cap=spec.logits_soft_cap,
         per_layer_sliding_window=spec.sliding_window,
         prefix=spec.vllm_prefix,
+        **({"sinks": torch.empty(spec.num_heads, device="meta")} if spec.sinks else {}),
     )
     built_window = getattr(attn, "sliding_window", spec.sliding_window)
     if (built_window or None) != spec.sliding_window:

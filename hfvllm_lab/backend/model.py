@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
@@ -27,6 +28,7 @@ from hfvllm_lab.backend.records import (
     PhaseBytes,
     ReplacementRecord,
 )
+from hfvllm_lab.backend.fuse import build_compiled_stack, fusion_enabled
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
@@ -93,11 +95,107 @@ def check_config(text_config) -> None:
         )
 
 
+# What the causal-LM class may do to the head's output, each repeated by `_logits_postprocessing`
+# (vLLM's LogitsProcessor scale and soft-cap); compared as `ast.unparse` text of the statement's
+# right-hand side. Anything else done to `logits` (or to the hidden states before the head) is
+# refused, because the engine would not repeat it.
+LOGITS_ALLOWLIST = {
+    "logits / self.config.final_logit_softcapping": "final soft-cap",
+    "torch.tanh(logits)": "final soft-cap",
+    "logits * self.config.final_logit_softcapping": "final soft-cap",
+    "logits / self.config.logits_scaling": "logits_scaling (Granite)",
+    "logits * self.logit_scale": "logit_scale (Cohere)",
+    "logits * self.config.logit_scale": "logit_scale",
+    "logits / final_logit_softcapping": "final soft-cap",
+    "logits * final_logit_softcapping": "final soft-cap",
+    "logits.float()": "upcast",
+}
+# How the hidden states may reach the head: the base model's output as it is, or divided by
+# logits_scaling (MiniCPM3; a bias-free head makes that the logits divided by it, as repeated).
+HIDDEN_FROM_BASE = re.compile(r"^\w*outputs(\[0\]|\.last_hidden_state)$")
+HIDDEN_ALLOWLIST = {"hidden_states / self.config.logits_scaling": "logits_scaling"}
+
+
+def check_logits_postprocessing(cls: type, head_attr: str) -> None:
+    """Refuse a causal-LM forward that computes anything between the base model and the logits
+    beyond the head call and the allowlisted constants."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))))
+    except (OSError, TypeError, SyntaxError):
+        raise UnsupportedModelError(f"{cls.__name__}.forward has no readable source: its logit maths cannot be checked") from None
+    head_call = f"self.{head_attr}("
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {t.id for t in targets if isinstance(t, ast.Name)}
+            rhs = ast.unparse(node.value) if isinstance(node, ast.Assign) else ast.unparse(node)
+            if "logits" in names:
+                if rhs.startswith(head_call) or rhs in LOGITS_ALLOWLIST:
+                    continue
+                raise UnsupportedModelError(
+                    f"{cls.__name__}.forward post-processes the logits (`logits = {rhs}`), which the lab's "
+                    "vLLM logits processor would not repeat"
+                )
+            if "hidden_states" in names and not HIDDEN_FROM_BASE.match(rhs) and rhs not in HIDDEN_ALLOWLIST:
+                raise UnsupportedModelError(
+                    f"{cls.__name__}.forward changes the hidden states before the head (`hidden_states = {rhs}`), "
+                    "which the lab's vLLM path would not repeat"
+                )
+
+
+def check_head(hf: nn.Module, head_name: str) -> None:
+    """The logits must be the output embedding applied to the base model's last hidden state:
+    refuse heads whose module path holds more (RoBERTa-style dense -> gelu -> layer_norm -> decoder)."""
+    head = hf.get_submodule(head_name)
+    if not isinstance(head, nn.Linear):
+        raise UnsupportedModelError(
+            f"the output embedding {head_name} is a {type(head).__name__}, not a Linear projection"
+        )
+    parts = head_name.split(".")
+    own = {id(p) for p in head.parameters()}
+    for depth in range(1, len(parts)):
+        container = hf.get_submodule(".".join(parts[:depth]))
+        extra = [n for n, m in container.named_children() if n != parts[depth]]
+        foreign = [n for n, p in container.named_parameters() if id(p) not in own]
+        if extra or foreign:
+            raise UnsupportedModelError(
+                f"{type(hf).__name__}'s head {'.'.join(parts[:depth])} ({type(container).__name__}) computes more "
+                f"than its output embedding {head_name} ({', '.join(extra + foreign)}); the engine would compute "
+                "logits from the projection alone"
+            )
+        if type(container).forward is not nn.Module.forward:
+            check_logits_postprocessing(type(container), parts[depth])
+
+
+def check_decoder(hf: nn.Module) -> None:
+    """A config with is_decoder=False builds encoder layers (bidirectional attention, BERT-style):
+    refuse when the built model's own modules say so (classes such as GPT-NeoX carry the flag
+    without reading it, and BART-style *ForCausalLM classes set it themselves)."""
+    for name, module in hf.named_modules():
+        if name and getattr(module, "is_decoder", None) is False:
+            raise UnsupportedModelError(
+                f"{name} ({type(module).__name__}) was built with is_decoder=False (the config's): an encoder "
+                "layer with bidirectional attention, which vLLM's causal decoder attention would not compute"
+            )
+
+
 def check_supported(cls: type) -> None:
-    if not getattr(cls, "_supports_attention_backend", False):
+    """vLLM's rule for its own Transformers backend: the class declares support for custom attention
+    backends (`is_backend_compatible()`), or its modelling code looks attention up in transformers'
+    interface (`_can_set_attn_implementation()`). The build then checks that every decoder layer
+    really dispatches through the interface."""
+    declared = cls.is_backend_compatible() if hasattr(cls, "is_backend_compatible") else getattr(
+        cls, "_supports_attention_backend", False)
+    settable = cls._can_set_attn_implementation() if hasattr(cls, "_can_set_attn_implementation") else False
+    if not (declared or settable):
         raise UnsupportedModelError(
             f"{cls.__name__} does not support custom attention backends (_supports_attention_backend is "
-            "False): its attention cannot be routed through vLLM's paged KV cache"
+            "False and its modelling code does not look attention up in transformers' interface): its "
+            "attention cannot be routed through vLLM's paged KV cache"
         )
 
 
@@ -156,14 +254,20 @@ class LabForCausalLM(nn.Module):
         hf_state = {n: tuple(t.shape) for n, t in hf.state_dict(keep_vars=True).items()}
         self._conversion = CheckpointConversion(hf, hf_state)
         head_name = self._output_embedding_name(hf)
+        check_head(hf, head_name)
+        check_decoder(hf)
+        check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
+        ctx.fuse = fusion_enabled(self.config)  # fusion hook (backend/fuse.py)
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
+        self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook
         report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
         self._route_attention(hf, vllm_config, report)
         phase("replaced", self)
         keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
         report.kept_fp32 = materialize(self, device, dtype, keep_fp32)
+        self._attach_sinks()
         phase("materialized", self)
 
         report.logits = self._logits_postprocessing()
@@ -172,6 +276,9 @@ class LabForCausalLM(nn.Module):
         )
         self._names = name_map_for(hf, ROOT)
         self.lab_attention_mode = "vllm"
+        # compiled-mode hook (backend/fuse.py): vLLM compiles this stack when enforce_eager=False
+        object.__setattr__(self, "_lab_stack", build_compiled_stack(vllm_config, base))
+        self.lab_compiled = self._lab_stack is not None
 
     def set_attention_mode(self, mode: str) -> None:
         """"vllm" (paged KV), or HF's "sdpa" / "eager" for single-sequence prompt scoring."""
@@ -181,6 +288,8 @@ class LabForCausalLM(nn.Module):
             raise AttentionPathError("HF attention inside the vLLM path needs tensor-parallel size 1")
         if mode == "sdpa" and any(s.logits_soft_cap for s in self.lab_report.attention):
             raise AttentionPathError("sdpa would silently drop this model's attention logit soft-capping; use eager")
+        if mode == "sdpa" and any(s.sinks for s in self.lab_report.attention):
+            raise AttentionPathError("sdpa would silently drop this model's attention sinks; use eager")
         for module in self.hf.modules():
             attn = getattr(module, ATTN_ATTR, None)
             if attn is not None:
@@ -246,6 +355,14 @@ class LabForCausalLM(nn.Module):
                 )
             )
 
+    def _attach_sinks(self) -> None:
+        """vLLM's attention keeps the sinks tensor it was built with (on meta); point it at the HF
+        module's materialized parameter, which the checkpoint then fills in place."""
+        for module in self.hf.modules():
+            attn = getattr(module, ATTN_ATTR, None)
+            if attn is not None and attn.lab_spec.sinks:
+                attn.impl.sinks = module.get_parameter(attn.lab_spec.sinks)
+
     def _logits_postprocessing(self) -> dict:
         """Constant maths HF applies after the LM head, which vLLM's LogitsProcessor must repeat."""
         cfg = self.text_config
@@ -275,6 +392,8 @@ class LabForCausalLM(nn.Module):
     ) -> torch.Tensor:
         if self.lab_attention_mode != "vllm":
             check_single_sequence(positions, self.lab_attention_mode)
+        if self._lab_stack is not None and self.lab_attention_mode == "vllm":  # compiled-mode hook
+            return self._lab_stack(input_ids, positions, intermediate_tensors, inputs_embeds)
         # vLLM flattens every scheduled sequence into one row of tokens; HF wants a batch axis.
         if inputs_embeds is not None:
             model_inputs = {"inputs_embeds": inputs_embeds[None]}

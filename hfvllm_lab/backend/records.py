@@ -10,6 +10,7 @@ from hfvllm_lab.vocab import (  # noqa: F401
     ATTENTION,
     EMBEDDING,
     EXPERTS,
+    FUSED,
     KEPT,
     LINEAR,
     LM_HEAD,
@@ -34,6 +35,7 @@ class ReplacementRecord:
     shape: tuple[int, ...] = ()
     parameters: int = 0
     reason: str = ""
+    fused_from: tuple[str, ...] = ()  # action "fused": the HF modules merged into this vLLM layer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +55,7 @@ class AttentionLayerSpec:
     scale: float
     sliding_window: int | None
     logits_soft_cap: float | None
+    sinks: str | None = None  # the HF module's parameter passed as attention sinks (s_aux)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +116,9 @@ class BuildReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildReport":
         report = cls(**{k: v for k, v in data.items() if k not in ("records", "attention", "phases")})
-        report.records = [ReplacementRecord(**{**r, "shape": tuple(r["shape"])}) for r in data["records"]]
+        report.records = [ReplacementRecord(**{**r, "shape": tuple(r["shape"]),
+                                                 "fused_from": tuple(r.get("fused_from", ()))})
+                          for r in data["records"]]
         report.attention = [AttentionLayerSpec(**a) for a in data["attention"]]
         report.phases = [PhaseBytes(**p) for p in data["phases"]]
         return report

@@ -31,6 +31,9 @@ class ReplaceContext:
     tp_plan: dict[str, str]
     skip: frozenset[str]  # qualified names handled elsewhere (the LM head)
     config: object = None  # the text config (MoE top-k when the router does not say)
+    # -- fusion hook (backend/fuse.py) --
+    fuse: bool = False  # merge q/k/v and gate/up into vLLM's fused layers before the one-to-one swap
+    fusion: object = None  # the FusionPlan the pass produced (checkpoint shards, records)
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -116,17 +119,30 @@ def replace_modules(
     Records use HF names (`model.layers.0.mlp.up_proj`); vLLM layers get `vllm_prefix` in front.
     """
     records: list[ReplacementRecord] = []
+    # -- fusion hook (backend/fuse.py): q/k/v and gate/up merged first, recorded as "fused" --
+    fusion = None
+    if ctx.fuse:
+        from hfvllm_lab.backend.fuse import fuse_modules
+
+        attention = {n: m for n, m in model.named_modules() if dispatches_through_interface(type(m))}
+        fusion = ctx.fusion = fuse_modules(model, ctx, tp_style, vllm_prefix=vllm_prefix, base_prefix=base_prefix,
+                                         attention_modules=attention)
 
     def visit(parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             name = f"{prefix}.{child_name}" if prefix else child_name
             if name in ctx.skip:
                 continue
+            if fusion is not None and name in fusion.handled:  # fusion hook: a fused layer or its slices
+                if name in fusion.records:
+                    records.append(fusion.records[name])
+                continue
             new: nn.Module | None = None
             if type(child) is nn.Linear:
                 style = tp_style(name.removeprefix(base_prefix + "."), ctx)
                 new = build_vllm_linear(child, style, ctx, f"{vllm_prefix}.{name}")
-                records.append(_record(name, LINEAR, REPLACED, child, new))
+                records.append(_record(name, LINEAR, REPLACED, child, new,
+                                       reason=fusion.not_fused.get(name, "") if fusion is not None else ""))
             elif isinstance(child, nn.Linear):
                 records.append(_record(name, LINEAR, KEPT, child, reason="subclass of nn.Linear with its own forward"))
             elif isinstance(child, nn.Embedding):

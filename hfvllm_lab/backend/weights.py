@@ -162,6 +162,10 @@ def load_checked(
     unexpected: list[str] = []
     ignored: list[str] = []
     aliases = _tied_aliases(model)
+    # -- fusion hook (backend/fuse.py): unfused checkpoint tensors load as shards of fused layers --
+    from hfvllm_lab.backend.fuse import ShardLoader
+
+    shards = ShardLoader(params, getattr(model, "lab_fused_shards", None) or {})
     # Names a module loads itself although they are not its parameters (packed MoE experts).
     accepted = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() for n in getattr(mod, "lab_accepts", ())}
 
@@ -174,13 +178,17 @@ def load_checked(
             if target in aliases:
                 ignored.append(name)  # a tied copy of a tensor loaded under its other name
                 continue
+            if target in shards:  # fusion hook
+                shards.load(target, tensor)
+                continue
             if target is None or (target not in params and target not in buffers and target not in accepted):
                 unexpected.append(name)
                 continue
             yield target, tensor
 
     loaded = set(AutoWeightsLoader(model).load_weights(mapped()))
-    missing = sorted(expected - loaded)
+    loaded |= shards.loaded()  # fusion hook: fused parameters whose every shard arrived
+    missing = sorted((expected - loaded - set(shards.members)) | set(shards.missing()))
     if missing or unexpected:
         parts = []
         if missing:

@@ -14,6 +14,8 @@ def module_tree(root: nn.Module, records: list[ReplacementRecord] | None, strip:
     """Nodes in `named_modules` order. With records (lab backend) statuses come from them;
     without (other backends) a module counts as replaced when its class comes from vLLM."""
     by_name = {r.name: r for r in records or []}
+    # Fused layers (action "fused"): the HF modules they merged stay in the tree as slices of them.
+    fused_into = {src: r for r in records or [] for src in getattr(r, "fused_from", ())}
     nodes: list[ModuleNode] = []
     for name, module in root.named_modules():
         if not name:
@@ -27,7 +29,11 @@ def module_tree(root: nn.Module, records: list[ReplacementRecord] | None, strip:
             continue  # shown through the routed attention module that owns it
         cls = type(module).__name__
         record = by_name.get(name)
-        if record is not None:
+        if record is None and name in fused_into:
+            into = fused_into[name]
+            node = ModuleNode(name, len(parts) - 1, cls, into.original_class, into.action, parameter_count(module),
+                              f"merged into {into.name} ({into.new_class})")
+        elif record is not None:
             node = ModuleNode(name, len(parts) - 1, cls, record.original_class, record.action, parameter_count(module),
                               record.reason)
         elif records is None and type(module).__module__.startswith("vllm.") and not list(module.children()):

@@ -108,6 +108,22 @@ SPECS: dict[str, ZooSpec] = {
                  head_dim=64, tie_word_embeddings=False, initializer_range=0.05),
             seed=6,
         ),
+        ZooSpec(
+            "phi3",
+            "phi3",
+            "Phi-3: q/k/v and gate/up stored fused in the checkpoint (qkv_proj, gate_up_proj)",
+            dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
+            seed=9,
+        ),
+        ZooSpec(
+            "llama-58m",
+            "llama",
+            "Llama with hidden 512, 8 layers, 8/4 heads, vocab 32000 (~58M parameters): the speed benchmark's model",
+            dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=False,
+                 initializer_range=0.05),
+            seed=10,
+        ),
     )
 }
 

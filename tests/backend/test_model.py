@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hfvllm_lab import zoo
-from hfvllm_lab.backend.records import EMBEDDING, KEPT, LINEAR, LM_HEAD, NORM, REPLACED, TIED
+from hfvllm_lab.backend.records import EMBEDDING, FUSED, KEPT, LINEAR, LM_HEAD, NORM, REPLACED, TIED
 from hfvllm_lab.parity import compare_generations
 from tests.conftest import engine_settings, hf_module_counts, hf_parameter_bytes
 
@@ -56,13 +56,14 @@ def test_records_cover_every_linear_norm_and_embedding(run):
     expected = hf_module_counts(run["name"])
     for kind, count in expected.items():
         records = [r for r in report.records if r.kind == kind]
-        assert len(records) == count, kind
+        # A fused layer stands for the HF modules it merged (q/k/v, gate/up), named in fused_from.
+        assert sum(len(r.fused_from) or 1 for r in records) == count, kind
         assert all(r.original_class and (r.new_class or r.action == KEPT) for r in records), kind
     # Every candidate is swapped, except Cohere's mean-centred LayerNorms, kept with the reason.
     kept_norms = zoo.spec(run["name"]).model_type == "cohere"
     for r in report.records:
         if r.kind in (LINEAR, EMBEDDING) or (r.kind == NORM and not kept_norms):
-            assert r.action in (REPLACED, TIED), r
+            assert r.action in (REPLACED, TIED, FUSED), r
         elif r.kind == NORM:
             assert r.action == KEPT and "neither" in r.reason, r
     names = [r.name for r in report.records]

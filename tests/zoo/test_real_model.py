@@ -21,13 +21,7 @@ from hfvllm_lab.zoo import hub, real
 REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-@pytest.fixture(scope="session")
-def real_model_dir():
-    """The SmolLM2-135M-Instruct checkpoint directory (built once, cached on disk)."""
-    try:
-        return zoo.real_model_path("smollm2-135m")
-    except ModelNotFoundError as exc:  # the source could not be fetched; conversion errors fail
-        pytest.skip(f"smollm2-135m cannot be built here: {exc}")
+# `real_model_dir` (tests/conftest.py): the checkpoint, built once and cached on disk.
 
 
 def test_config_is_a_clean_bf16_llama(real_model_dir):
