@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hfvllm_lab-installed
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv browser clean bench coverage
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 	mkdir -p build
 	$(PY) -m hfvllm_lab.cli compare --bisect --html build/report.html --json build/report.json
 
+# Every causal-LM architecture of transformers, shrunk and run through the lab backend, vLLM's
+# Transformers backend and vLLM native (about an hour on 2 cores); docs/coverage.md is its output.
+coverage: $(STAMP)
+	mkdir -p build
+	$(PY) -m hfvllm_lab.cli coverage --reference --json build/coverage.json --markdown docs/coverage.md
+
 # tests/test_browser.py drives Debian's chromium with playwright (dev extra; its wheel bundles the
 # driver, no `playwright install`). Idempotent: installs chromium once, as root (CI); otherwise says
 # why the browser test will be skipped.
@@ -37,6 +43,12 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# Tokens/s of HF, vLLM native, vLLM's Transformers backend and the lab, eager and compiled, on the
+# zoo's 58M Llama and SmolLM2-135M (bf16); start-up and probe overhead. BENCH_ARGS=--quick shrinks it.
+bench: $(STAMP)
+	mkdir -p build
+	$(PY) bench/speed.py --json build/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

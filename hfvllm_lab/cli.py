@@ -1,4 +1,5 @@
-"""Command line: `hfvllm-lab compare [MODEL]` (also `make demo`)."""
+"""Command line: `hfvllm-lab compare [MODEL]` (also `make demo`) and `hfvllm-lab coverage [ARCH ...]`
+(also `make coverage`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def compare(args: argparse.Namespace) -> int:
 
     prompts = args.prompt or DEFAULT_PROMPTS
     print(f"hfvllm-lab compare: {args.model or 'embedded default (zoo: llama)'}", flush=True)
-    with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend) as session:
+    with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend, mode=args.mode) as session:
         print(f"{session!r}\n", flush=True)
         cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect,
                               native_floor=False if args.no_native_floor else None)
@@ -28,12 +29,34 @@ def compare(args: argparse.Namespace) -> int:
         Path(args.html).write_text(session_report_html(title, replacements, memory, attention, cmp))
         print(f"\nHTML report: {args.html}")
     if args.json:
-        data = {"comparison": cmp.to_dict(), "replacements": replacements.to_dict(), "memory": memory.to_dict(),
+        data = {"mode": args.mode, "comparison": cmp.to_dict(), "replacements": replacements.to_dict(), "memory": memory.to_dict(),
                 "attention": attention.to_dict()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1, default=str))
         print(f"JSON: {args.json}")
     return 0 if cmp.ok else 1
+
+
+def coverage(args: argparse.Namespace) -> int:
+    from hfvllm_lab.coverage.report import CoverageReport
+    from hfvllm_lab.coverage.runner import run_coverage
+
+    previous = None
+    if args.resume and args.json and Path(args.json).is_file():
+        previous = CoverageReport.from_dict(json.loads(Path(args.json).read_text()))
+
+    def save(report) -> None:
+        report.save(args.json, args.markdown)
+
+    command = " ".join(["hfvllm-lab coverage", *args.arch, *(["--reference"] if args.reference else []),
+                        *([f"--json {args.json}"] if args.json else []),
+                        *([f"--markdown {args.markdown}"] if args.markdown else [])])
+    report = run_coverage(args.arch or None, reference=args.reference, timeout=args.timeout,
+                          log_dir=Path(args.logs) if args.logs else None, previous=previous,
+                          command=command, on_update=save)
+    save(report)
+    print(report.text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto",
                    help="auto (the checkpoint's dtype where the device runs it), float32, bfloat16 or float16")
     p.add_argument("--backend", default="lab", choices=["lab", "transformers", "native"])
+    p.add_argument("--mode", default="inspect", choices=["inspect", "fast"],
+                   help="inspect: eager, per-layer probes; fast: vLLM-compiled, whole-step timing only")
     p.add_argument("--bisect", action="store_true", help="also name the first module whose output differs")
     p.add_argument("--no-native-floor", action="store_true",
                    help="in reduced precision, skip vLLM native as a noise floor (transformers' own stays)")
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=compare)
+    p = sub.add_parser("coverage", help="shrink every causal-LM architecture of transformers and run it through vLLM")
+    p.add_argument("arch", nargs="*", help="model types (default: transformers' whole causal-LM mapping)")
+    p.add_argument("--reference", action="store_true",
+                   help="also run vLLM's built-in Transformers backend and vLLM native on each checkpoint")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per step of an architecture (default 120)")
+    p.add_argument("--json", help="write the report as JSON here (rewritten after each architecture)")
+    p.add_argument("--markdown", help="write the report as a markdown document here (docs/coverage.md)")
+    p.add_argument("--logs", default="build/coverage-logs", help="one log per architecture here")
+    p.add_argument("--resume", action="store_true", help="keep the architectures already in --json")
+    p.set_defaults(func=coverage)
     args = parser.parse_args(argv)
     from hfvllm_lab.errors import LabError
 

@@ -114,7 +114,7 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
         timing["hf"] = hf.timing
     cmp = Comparison(session.model_name, session.device, session.dtype,
                      prompt_comparisons(hf.generations, vllm_out, session.dtype), figures, timing, why)
-    cmp.dtype_reason = session.dtype_reason
+    cmp.dtype_reason, cmp.mode = session.dtype_reason, session.mode
     cmp.teacher = teacher_forced(session, hf, vllm_label, native_floor, tokenization_agrees(hf.generations, vllm_out))
     if bisect:
         cmp.bisect = _bisect_from(session, prompts[0], vllm_out[0].prompt_token_ids, vllm_caps, hf, None)
@@ -175,7 +175,7 @@ def _against_itself(session, prompts, max_tokens, vllm_out, figures, timing, vll
                                        first.memory_source)
     cmp = Comparison(session.model_name, session.device, session.dtype,
                      prompt_comparisons(ref_out, vllm_out, session.dtype), figures, timing, "one engine, run twice")
-    cmp.dtype_reason = session.dtype_reason
+    cmp.dtype_reason, cmp.mode = session.dtype_reason, session.mode
     sequences = [g.prompt_token_ids + g.token_ids for g in ref_out]
     first_scores, second_scores = session.score_tokens(sequences), session.score_tokens(sequences)
     name = f"{first.label} ({session.dtype})"

@@ -21,6 +21,8 @@ from hfvllm_lab.assemble import attention_report, memory_report, replacement_log
 
 DEFAULT_PROMPTS = ["Hello, my name is", "The capital of France is", "vLLM runs HuggingFace models by"]
 ATTENTION_PATHS = ("vllm", "sdpa", "eager")
+# inspect: eager engine, per-layer probes; fast: vLLM-compiled engine, probes off, whole-step timing only.
+MODES = ("inspect", "fast")
 
 # Sessions whose engine is alive; a new Session closes them so re-running a notebook cell frees
 # the previous engine instead of running out of memory.
@@ -69,6 +71,7 @@ class Session:
         trust_remote_code: bool = False,
         hf_attention: str = "auto",
         engine_args: dict | None = None,
+        mode: str = "inspect",
     ) -> None:
         self._engine: VllmPath | None = None
         if attention not in ATTENTION_PATHS:
@@ -77,6 +80,11 @@ class Session:
             raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if attention != "vllm" and backend != "lab":
             raise AttentionPathError("HF attention inside the vLLM path needs backend='lab'")
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode == "fast" and attention != "vllm":
+            raise AttentionPathError("mode='fast' compiles the model with vLLM's attention; HF attention needs 'inspect'")
+        self.mode = mode
         if max_model_len < 8 or max_num_seqs < 1:
             raise InputError("max_model_len must be >= 8 and max_num_seqs >= 1")
         self.model_dir = zoo.resolve(model)
@@ -101,7 +109,7 @@ class Session:
         self.settings = EngineSettings(
             model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
             max_model_len=max_model_len, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
-            seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}),
+            seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}), mode=mode,
         )
         for other in list(_LIVE):
             warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
@@ -165,7 +173,7 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return (f"Session({self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, "
-                f"backend={self.backend!r}, attention={self.attention_path!r}, {state})")
+                f"backend={self.backend!r}, attention={self.attention_path!r}, mode={self.mode!r}, {state})")
 
     def _repr_html_(self) -> str:
         from hfvllm_lab.render.html import session_html
@@ -236,6 +244,7 @@ class Session:
         """Hidden states (module name -> [tokens, features] float32 CPU tensor) of one prefill of
         `prompt` on this engine, in execution order."""
         self._refuse_hf_attention("capture()")
+        self._refuse_fast("capture()")
         self.engine.rpc("lab_capture_start")
         try:
             self.engine.generate([prompt], 1)
@@ -243,7 +252,14 @@ class Session:
             captures = self.engine.rpc("lab_capture_stop")
         return captures
 
+    def _refuse_fast(self, what: str) -> None:
+        if self.mode == "fast":
+            raise ProbeUnavailableError(
+                f"{what} needs per-module hooks, which vLLM's compiled model does not run; use Session(mode='inspect')"
+            )
+
     def check_bisectable(self) -> None:
+        self._refuse_fast("bisect")
         if self.backend == "native":
             raise ProbeUnavailableError(
                 "bisect compares module outputs with transformers' modules; vLLM's native decoder layers "

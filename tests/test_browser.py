@@ -199,10 +199,10 @@ RUN_ALL = f"""(path) => {{
 }}"""
 
 # Finished: Run All resolved, every code cell numbered (no [*], no [ ]) and the kernel idle again.
-# A failed run, or a dead kernel, ends the wait at once with what happened.
+# A failed run, or a kernel that died (restarting on its own), ends the wait at once with what happened.
 ALL_DONE = f"""(path) => {{
   {PANEL}
-  if (kernel && (kernel.status === 'dead' || kernel.connectionStatus === 'disconnected'))
+  if (kernel && (['dead', 'autorestarting'].includes(kernel.status) || kernel.connectionStatus === 'disconnected'))
     return {{state: 'kernel ' + kernel.status + ' / ' + kernel.connectionStatus}};
   const run = window.hvlRun;
   if (!run || !run.done) return false;

@@ -42,10 +42,13 @@ def session():
 def test_replacement_log_counts_equal_the_hf_models_modules(session):
     log = session.replacements
     expected = hf_module_counts(MODEL)
-    for kind, count in expected.items():
-        assert sum(r.kind == kind for r in log.records) == count, kind
+    for kind, count in expected.items():  # a fused layer stands for the HF modules in its fused_from
+        assert sum(len(r.fused_from) or 1 for r in log.records if r.kind == kind) == count, kind
     counts = log.counts()
-    assert counts["Linear"] == {"replaced": expected[LINEAR] + 1}  # + the LM head
+    layers = sum(r.kind == ATTENTION for r in log.records)
+    # Per layer q/k/v -> one QKVParallelLinear, gate/up -> one MergedColumnParallelLinear (fused by default);
+    # o_proj, down_proj and the LM head replaced one to one.
+    assert counts["Linear"] == {"fused": 2 * layers, "replaced": expected[LINEAR] - 5 * layers + 1}
     assert counts["LlamaRMSNorm"] == {"replaced": expected[NORM]}
     assert counts["LlamaAttention"] == {"routed": expected[ATTENTION]}
     assert len(log.to_frame()) == len(log.records)
@@ -53,11 +56,16 @@ def test_replacement_log_counts_equal_the_hf_models_modules(session):
 
 def test_tree_tells_replaced_routed_and_skipped_apart(session):
     tree = {n.name: n for n in session.replacements.tree}
-    assert tree["model.layers.0.self_attn.q_proj"].status == REPLACED
-    assert tree["model.layers.0.self_attn.q_proj"].module_class == "ReplicatedLinear"
-    assert tree["model.layers.0.self_attn.q_proj"].original_class == "Linear"
+    assert tree["model.layers.0.self_attn.o_proj"].status == REPLACED
+    assert tree["model.layers.0.self_attn.o_proj"].module_class == "ReplicatedLinear"
+    assert tree["model.layers.0.self_attn.o_proj"].original_class == "Linear"
+    # q_proj stays in the tree as a slice of the fused QKV layer it was merged into.
+    assert tree["model.layers.0.self_attn.q_proj"].status == "fused"
+    assert tree["model.layers.0.self_attn.q_proj"].module_class == "FusedSlice"
+    assert tree["model.layers.0.self_attn.qkv_proj"].module_class == "QKVParallelLinear"
     assert tree["model.layers.0.self_attn"].status == ROUTED
     assert tree["model.layers.0.mlp"].status == SKIPPED and tree["model.layers.0.mlp"].reason == "container"
+    assert tree["model.layers.0.mlp.act_fn"].module_class == "SiluAndMul"
     assert tree["model.layers.0.mlp.act_fn"].reason == "not a replacement candidate"
     assert tree["lm_head"].module_class == "ParallelLMHead"
     assert not any(name.endswith("lab_attn") for name in tree)

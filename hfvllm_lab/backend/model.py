@@ -118,7 +118,9 @@ HIDDEN_ALLOWLIST = {"hidden_states / self.config.logits_scaling": "logits_scalin
 
 def check_logits_postprocessing(cls: type, head_attr: str) -> None:
     """Refuse a causal-LM forward that computes anything between the base model and the logits
-    beyond the head call and the allowlisted constants."""
+    beyond the head call and the allowlisted constants: the head must be applied to the base
+    model's output (a plain variable, possibly sliced), and every later assignment to the head's
+    result must be in LOGITS_ALLOWLIST."""
     import ast
     import inspect
     import textwrap
@@ -126,25 +128,54 @@ def check_logits_postprocessing(cls: type, head_attr: str) -> None:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))))
     except (OSError, TypeError, SyntaxError):
-        raise UnsupportedModelError(f"{cls.__name__}.forward has no readable source: its logit maths cannot be checked") from None
-    head_call = f"self.{head_attr}("
+        raise UnsupportedModelError(
+            f"{cls.__name__}.forward has no readable source: its logit maths cannot be checked") from None
+    assigns: dict[str, list[str]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Assign, ast.AugAssign)):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = {t.id for t in targets if isinstance(t, ast.Name)}
             rhs = ast.unparse(node.value) if isinstance(node, ast.Assign) else ast.unparse(node)
-            if "logits" in names:
-                if rhs.startswith(head_call) or rhs in LOGITS_ALLOWLIST:
-                    continue
-                raise UnsupportedModelError(
-                    f"{cls.__name__}.forward post-processes the logits (`logits = {rhs}`), which the lab's "
-                    "vLLM logits processor would not repeat"
-                )
-            if "hidden_states" in names and not HIDDEN_FROM_BASE.match(rhs) and rhs not in HIDDEN_ALLOWLIST:
-                raise UnsupportedModelError(
-                    f"{cls.__name__}.forward changes the hidden states before the head (`hidden_states = {rhs}`), "
-                    "which the lab's vLLM path would not repeat"
-                )
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    assigns.setdefault(t.id, []).append(rhs)
+    head_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == f"self.{head_attr}"]
+    if len(head_calls) != 1 or len(head_calls[0].args) != 1:
+        raise UnsupportedModelError(
+            f"{cls.__name__}.forward does not call its head self.{head_attr} exactly once on one tensor; "
+            "its logit maths cannot be checked"
+        )
+    arg = head_calls[0].args[0]
+    while True:  # slices, dtype casts and `.last_hidden_state` of the base output leave the values alone
+        if isinstance(arg, ast.Subscript):
+            arg = arg.value
+        elif isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "to":
+            arg = arg.func.value
+        elif isinstance(arg, ast.Attribute) and arg.attr == "last_hidden_state":
+            arg = arg.value
+        else:
+            break
+    if not isinstance(arg, ast.Name):
+        raise UnsupportedModelError(
+            f"{cls.__name__}.forward applies more than its head to the hidden states "
+            f"(`self.{head_attr}({ast.unparse(head_calls[0].args[0])})`), which the lab's vLLM path would not repeat"
+        )
+    for rhs in assigns.get(arg.id, []):
+        if rhs.startswith("self.") and rhs.endswith(")") and not rhs.startswith(f"self.{head_attr}("):
+            continue  # the base model's own output object (`outputs = self.model(...)`)
+        if not HIDDEN_FROM_BASE.match(rhs) and rhs.replace(arg.id, "hidden_states") not in HIDDEN_ALLOWLIST:
+            raise UnsupportedModelError(
+                f"{cls.__name__}.forward changes the hidden states before the head (`{arg.id} = {rhs}`), "
+                "which the lab's vLLM path would not repeat"
+            )
+    head_src = ast.unparse(head_calls[0])
+    result = next((name for name, values in assigns.items() if any(head_src in v for v in values)), None)
+    for rhs in assigns.get(result, []) if result else []:
+        if rhs in (head_src, f"{head_src}.float()", f"{head_src}.contiguous()") or rhs.replace(result, "logits") in LOGITS_ALLOWLIST:
+            continue
+        raise UnsupportedModelError(
+            f"{cls.__name__}.forward post-processes the logits (`{result} = {rhs}`), which the lab's "
+            "vLLM logits processor would not repeat"
+        )
 
 
 def check_head(hf: nn.Module, head_name: str) -> None:
@@ -254,8 +285,8 @@ class LabForCausalLM(nn.Module):
         hf_state = {n: tuple(t.shape) for n, t in hf.state_dict(keep_vars=True).items()}
         self._conversion = CheckpointConversion(hf, hf_state)
         head_name = self._output_embedding_name(hf)
-        check_head(hf, head_name)
         check_decoder(hf)
+        check_head(hf, head_name)
         check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)

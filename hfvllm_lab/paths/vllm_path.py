@@ -30,6 +30,7 @@ class EngineSettings:
     seed: int = 0
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    mode: str = "inspect"  # "inspect": eager, probes on; "fast": vLLM-compiled, whole-step timing only
 
 
 def kv_cache_bytes(config, settings: EngineSettings) -> int:
@@ -66,8 +67,9 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         max_num_seqs=settings.max_num_seqs,
         seed=settings.seed,
         trust_remote_code=settings.trust_remote_code,
-        # Eager: per-layer probes need Python hooks to run on every step, which CUDA graphs skip.
-        enforce_eager=True,
+        # inspect: eager, because per-layer probes need Python hooks to run on every step, which
+        # compiled graphs skip. fast: vLLM compiles the model (the lab's stack opts in).
+        enforce_eager=settings.mode != "fast",
         tensor_parallel_size=settings.tensor_parallel_size,
         # Probes run inside the workers, reached through collective_rpc.
         worker_extension_cls=EXTENSION,

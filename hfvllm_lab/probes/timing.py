@@ -28,7 +28,9 @@ class TimingProbe:
         device: str,
         classify: Callable[[tuple, dict], str],
         logits_owner: nn.Module | None = None,
+        mode: str = "inspect",
     ) -> None:
+        self.mode = mode  # "inspect" (eager, per module) or "fast" (compiled: whole steps)
         self.root = root
         self.modules = modules
         self.device = device
@@ -163,6 +165,7 @@ class TimingProbe:
             warmup_steps=warmup_steps,
             hooks_per_step=dict(self.hooks_per_step),
             probe_seconds_per_hook=self.per_hook_seconds,
+            mode=self.mode,
         )
 
 

@@ -150,8 +150,17 @@ class LabWorkerExtension:
     def lab_timing_start(self) -> None:
         self.lab_timing_stop()  # never leave an older probe's hooks behind
         model = self._lab_model()
-        self._lab_timing = TimingProbe(model, self._lab_observed(), self._lab_device(), vllm_step_phase,
-                                       logits_owner=model).attach()
+        # fast mode (vLLM-compiled): module hooks do not run inside the graph, so time whole steps
+        # (the model's own __call__ and compute_logits stay outside it) and the LM head only.
+        compiled = self._lab_compiled()
+        modules = [m for m in self._lab_observed() if m.kind == "lm_head"] if compiled else self._lab_observed()
+        self._lab_timing = TimingProbe(model, modules, self._lab_device(), vllm_step_phase,
+                                       logits_owner=model, mode="fast" if compiled else "inspect").attach()
+
+    def _lab_compiled(self) -> bool:
+        from vllm.config import CompilationMode
+
+        return self.model_runner.vllm_config.compilation_config.mode != CompilationMode.NONE
 
     def lab_timing_stop(self, warmup_steps: int = 0) -> LayerTiming | None:
         probe = getattr(self, "_lab_timing", None)

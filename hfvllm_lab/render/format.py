@@ -9,10 +9,11 @@ from hfvllm_lab.vocab import ACTIONS, NESTED_KINDS, STATUSES, STEP_PHASES
 # Replacement-tree statuses and record actions (records have no "skipped"), in display order.
 STATUS_ORDER = STATUSES
 ACTION_ORDER = ACTIONS
-STATUS_MARKERS = {"replaced": "[R]", "tied": "[T]", "routed": "[A]", "kept": "[K]", "skipped": "[ ]"}
+STATUS_MARKERS = {"replaced": "[R]", "fused": "[F]", "tied": "[T]", "routed": "[A]", "kept": "[K]", "skipped": "[ ]"}
 # (foreground, background) per status; also used for bar colours in plots.
 STATUS_COLORS = {
     "replaced": ("#1b5e20", "#c8e6c9"),
+    "fused": ("#004d40", "#b2dfdb"),
     "tied": ("#0d47a1", "#bbdefb"),
     "routed": ("#4a148c", "#e1bee7"),
     "kept": ("#bf360c", "#ffe0b2"),

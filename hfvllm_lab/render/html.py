@@ -236,6 +236,8 @@ def comparison_html(cmp) -> str:
     body = []
     if cmp.dtype_reason:
         body.append(_p(f"dtype: {cmp.dtype} ({cmp.dtype_reason})"))
+    if cmp.mode:
+        body.append(_p(f"mode: {cmp.mode}"))
     if cmp.teacher is not None:
         v = cmp.verdict
         badge = _badge(v.label, "hvl-ok" if v.ok else "hvl-fail", OK_BADGE if v.ok else FAIL_BADGE)

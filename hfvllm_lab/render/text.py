@@ -200,6 +200,8 @@ def comparison_text(cmp) -> str:
                    f"max logprob diff {fmt_sci(cmp.max_logprob_diff)}")
     if cmp.dtype_reason:
         lines.append(f"dtype: {cmp.dtype} ({cmp.dtype_reason})")
+    if cmp.mode:
+        lines.append(f"mode: {cmp.mode}")
     if cmp.teacher is not None:
         lines.append(verdict_line(cmp))
         lines.append(f"rule: {cmp.verdict.rule}")

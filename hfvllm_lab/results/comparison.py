@@ -90,6 +90,7 @@ class Comparison:
     bisect: BisectResult | None = None
     teacher: TeacherForced | None = None  # teacher-forced distributions and the noise floor
     dtype_reason: str = ""  # why this dtype ran (requested, or what "auto" followed)
+    mode: str = ""  # the engine's mode: "inspect" (eager, per-layer probes) or "fast" (compiled)
 
     @property
     def tokenization_agrees(self) -> bool:
@@ -138,7 +139,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return plain({"model": self.model, "device": self.device, "dtype": self.dtype,
-                      "dtype_reason": self.dtype_reason, "ok": self.ok, "verdict": self.verdict,
+                      "dtype_reason": self.dtype_reason, "mode": self.mode, "ok": self.ok, "verdict": self.verdict,
                       "max_logprob_diff": self.max_logprob_diff, "prompts": self.prompts,
                       "figures": self.figures, "timing": self.timing, "residency": self.residency,
                       "teacher": self.teacher, "bisect": self.bisect})

@@ -34,6 +34,7 @@ class LayerTiming:
     warmup_steps: int = 0  # steps run before timing and excluded
     hooks_per_step: dict[str, int] = field(default_factory=dict)
     probe_seconds_per_hook: float = 0.0  # measured cost of one start/stop pair of the probe
+    mode: str = "inspect"  # "inspect": eager, per module; "fast": vLLM-compiled, whole steps (+ LM head) only
 
     def phase_rows(self, phase: str, kinds: tuple[str, ...] | None = None) -> list[ModuleTime]:
         return [r for r in self.rows if r.phase == phase and (kinds is None or r.kind in kinds)]
@@ -60,7 +61,8 @@ class LayerTiming:
     def to_dict(self) -> dict[str, Any]:
         return plain({"path": self.path, "device": self.device, "timer": self.timer, "rows": self.rows,
                       "steps": self.steps, "step_seconds": self.step_seconds, "warmup_steps": self.warmup_steps,
-                      "hooks_per_step": self.hooks_per_step, "probe_seconds_per_hook": self.probe_seconds_per_hook})
+                      "hooks_per_step": self.hooks_per_step, "probe_seconds_per_hook": self.probe_seconds_per_hook,
+                      "mode": self.mode})
 
     def __repr__(self) -> str:
         from hfvllm_lab import display
@@ -93,11 +95,12 @@ def chrome_trace(timings) -> dict[str, Any]:
     slices are time the probe did not attribute to a module. Durations are exact means; start
     times are a layout (children are clamped inside their parent so the nesting stays valid).
     """
+    timings = list(timings)
     events: list[dict[str, Any]] = []
     for n, timing in enumerate(timings):
         pid = _PATH_PIDS.get(timing.path, 10 + n)
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
-                       "args": {"name": f"{timing.path} ({timing.device}, {timing.timer})"}})
+                       "args": {"name": f"{timing.path} ({timing.device}, {timing.timer}, {timing.mode})"}})
         events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": 1, "args": {"name": "steps"}})
         t = 0.0
         phases = [p for p in (PREFILL, DECODE, MIXED) if timing.phase_rows(p)]
@@ -105,7 +108,8 @@ def chrome_trace(timings) -> dict[str, Any]:
         for phase in phases:
             t = _phase_events(events, timing, phase, pid, t) + _GAP_US
     return {"traceEvents": events, "displayTimeUnit": "ms",
-            "otherData": {"source": "hfvllm_lab", "layout": "mean step per phase"}}
+            "otherData": {"source": "hfvllm_lab", "layout": "mean step per phase",
+                          "modes": {t.path: t.mode for t in timings}}}
 
 
 def _slice(events, name, cat, pid, ts, dur, **args) -> None:

@@ -80,6 +80,15 @@ def build_model(spec: ZooSpec):
     return model
 
 
+def saved_state_dict(model) -> dict:
+    """The tensors as `save_pretrained` writes them: transformers 5 reverts its checkpoint
+    conversion on save (MoE experts one by one, gpt_neox's head as `embed_out`), as real
+    checkpoints store them."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    return revert_weight_conversion(model, model.state_dict())
+
+
 def perturb_norms(model) -> None:
     """Give norm weights per-channel noise, so a norm built with the wrong width or the wrong
     `w` vs `1 + w` convention changes the outputs instead of hiding behind all-ones weights."""

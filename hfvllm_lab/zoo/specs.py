@@ -101,6 +101,22 @@ SPECS: dict[str, ZooSpec] = {
             seed=8,
         ),
         ZooSpec(
+            "qwen2-moe",
+            "qwen2_moe",
+            "Qwen2-MoE: 4 experts, top-2, shared expert with a sigmoid gate; checkpoint stores experts one by one",
+            dict(num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+                 num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                 shared_expert_intermediate_size=64, decoder_sparse_step=1, norm_topk_prob=True),
+            seed=9,
+        ),
+        ZooSpec(
+            "gpt-neox",
+            "gpt_neox",
+            "GPT-NeoX: LayerNorm with bias (kept as HF), partial rotary, parallel residual, checkpoint head `embed_out`",
+            dict(num_attention_heads=2, head_dim=32, tie_word_embeddings=False),
+            seed=10,
+        ),
+        ZooSpec(
             "llama-medium",
             "llama",
             "Llama with hidden 512 (~13M parameters, ~51 MB): big enough for memory measurements",

@@ -40,7 +40,8 @@ def test_tp2_splits_by_the_plan_and_matches_transformers(tp_env):
         path.close()
     assert isinstance(report, BuildReport)  # the typed payload, pickled back from rank 0's process
     classes = {r.name.rsplit(".", 1)[-1]: r.new_class for r in report.records if r.kind == LINEAR}
-    assert classes["q_proj"] == classes["up_proj"] == "ColumnParallelLinear"
+    # q/k/v and gate/up are fused (column-parallel by construction), o/down split by rows.
+    assert classes["qkv_proj"] == "QKVParallelLinear" and classes["gate_up_proj"] == "MergedColumnParallelLinear"
     assert classes["o_proj"] == classes["down_proj"] == "RowParallelLinear"
     assert report.tensor_parallel_size == 2
     assert {(a.num_heads, a.num_kv_heads) for a in report.attention} == {(2, 1)}

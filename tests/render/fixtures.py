@@ -16,6 +16,9 @@ ROTARY_REASON = "position embeddings stay HF: computed from buffers"
 SUBCLASS_REASON = "subclass of nn.Linear with its own forward"
 
 
+FUSED_REASON = "LlamaMLP computes down(silu(gate(x)) * up(x)): gate/up in one matmul, then vLLM's SiluAndMul"
+
+
 def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON) -> ReplacementLog:
     """One decoder layer of a tiny Llama: every status appears in the tree."""
     # name, depth, module_class, original_class, status, parameters, reason
@@ -29,7 +32,7 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
         ("model.layers.0.self_attn.q_proj", 4, "ReplicatedLinear", "Linear", "replaced", 4096, ""),
         ("model.layers.0.self_attn.o_proj", 4, "ReplicatedLinear", "Linear", "replaced", 4096, ""),
         ("model.layers.0.mlp", 3, "LlamaMLP", "LlamaMLP", "skipped", 16384, ""),
-        ("model.layers.0.mlp.up_proj", 4, "ReplicatedLinear", "Linear", "replaced", 8192, ""),
+        ("model.layers.0.mlp.gate_up_proj", 4, "MergedColumnParallelLinear", "Linear", "fused", 8192, FUSED_REASON),
         ("model.layers.0.mlp.down_proj", 4, "LoraLinear", "LoraLinear", "kept", 8192, reason),
         ("model.layers.0.mlp.act_fn", 4, "SiLUActivation", "SiLUActivation", "skipped", 0, ""),
         ("model.layers.0.input_layernorm", 3, "RMSNorm", "LlamaRMSNorm", "replaced", 64, "rms, width 64"),
@@ -47,8 +50,9 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
                           (64, 64), 4096),
         ReplacementRecord("model.layers.0.self_attn.o_proj", "linear", "replaced", "Linear", "ReplicatedLinear",
                           (64, 64), 4096),
-        ReplacementRecord("model.layers.0.mlp.up_proj", "linear", "replaced", "Linear", "ReplicatedLinear",
-                          (128, 64), 8192),
+        ReplacementRecord("model.layers.0.mlp.gate_up_proj", "linear", "fused", "Linear",
+                          "MergedColumnParallelLinear", (128, 64), 8192, FUSED_REASON,
+                          fused_from=("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")),
         ReplacementRecord("model.layers.0.mlp.down_proj", "linear", "kept", "LoraLinear", None, (64, 128), 8192,
                           reason),
         ReplacementRecord("model.layers.0.input_layernorm", "norm", "replaced", "LlamaRMSNorm", "RMSNorm",
