@@ -206,7 +206,8 @@ ALL_DONE = f"""(path) => {{
     return {{state: 'kernel ' + kernel.status + ' / ' + kernel.connectionStatus}};
   const run = window.hvlRun;
   if (!run || !run.done) return false;
-  if (!run.ok) return {{state: 'Run All Cells failed' + (run.error ? ': ' + run.error : '')}};
+  if (!run.ok) return {{state: 'Run All Cells failed' + (run.error ? ': ' + run.error : '')
+                               + ' (kernel ' + (kernel ? kernel.status : 'gone') + ')'}};
   const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
   const numbered = c => /\\[\\d+\\]/.test(c.querySelector('.jp-InputArea-prompt')?.textContent || '');
   if (!cells.length || !cells.every(numbered) || !kernel || kernel.status !== 'idle') return false;

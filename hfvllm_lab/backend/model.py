@@ -354,7 +354,7 @@ class LabForCausalLM(nn.Module):
         )
         action, reason = REPLACED, ""
         if self._tie_word_embeddings():
-            embed = base.get_input_embeddings()
+            embed = hf.get_input_embeddings()  # the causal-LM class knows it even where its base does not
             if not isinstance(embed, VocabParallelEmbedding):
                 raise UnsupportedModelError(
                     f"the config ties the LM head to {type(embed).__name__}, which was not replaced by "
@@ -411,7 +411,7 @@ class LabForCausalLM(nn.Module):
         return getattr(self.hf, self.hf.base_model_prefix)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.base.get_input_embeddings()(input_ids)
+        return self.hf.get_input_embeddings()(input_ids)
 
     def forward(
         self,
