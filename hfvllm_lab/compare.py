@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hfvllm_lab.assemble import BACKEND_LABELS, bisect_result, prompt_comparisons
-from hfvllm_lab.device import is_accelerator
+from hfvllm_lab.device import free_device_bytes
 from hfvllm_lab.noise import distribution_diff, module_noise, noise_verdict
 from hfvllm_lab.paths.hf_side import HfSideRequest, HfSideResult, run_hf_side, run_hf_side_isolated
 from hfvllm_lab.results.comparison import BisectResult, Comparison, PathFigures, tokenization_agrees
@@ -30,16 +30,6 @@ if TYPE_CHECKING:
 TRUTH = "transformers (float32)"
 # Bisect tolerance in float32: max |diff| within this share of the HF output's RMS.
 FLOAT32_BISECT_TOLERANCE = 1e-3
-
-
-def free_device_bytes(device: str) -> int:
-    if is_accelerator(device):
-        import torch
-
-        return torch.accelerator.get_memory_info()[0]
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def choose_residency(session: "Session", requested: str) -> tuple[bool, str]:

@@ -100,6 +100,17 @@ def is_accelerator(device: str) -> bool:
     return not device.startswith("cpu")
 
 
+def free_device_bytes(device: str) -> int:
+    """Memory a new allocation can still get: the device's free memory, or available RAM on the CPU."""
+    if is_accelerator(device):
+        import torch
+
+        return torch.accelerator.get_memory_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def synchronize(device: str) -> None:
     if is_accelerator(device):
         import torch

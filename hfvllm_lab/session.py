@@ -47,6 +47,28 @@ def check_max_tokens(max_tokens: int) -> int:
     return max_tokens
 
 
+def check_memory(config, settings: EngineSettings, others: list["Session"]) -> None:
+    """Refuse, before any older Session is closed, an engine that cannot fit even after they are."""
+    from hfvllm_lab.device import free_device_bytes
+    from hfvllm_lab.paths.vllm_path import estimated_engine_bytes
+
+    need = estimated_engine_bytes(config, settings)
+    free = free_device_bytes(settings.device)
+    freed = 0
+    for other in others:
+        memory = other.memory
+        kv, before = memory.phase("kv_cache"), memory.phase("before")
+        if kv is not None and before is not None and kv.process_bytes and before.process_bytes:
+            freed += max(kv.process_bytes - before.process_bytes, 0)
+    if need > free + freed:
+        raise DeviceError(
+            f"too little memory on {settings.device}: the engine needs ~{need >> 20} MiB (parameters + a KV cache for "
+            f"{settings.max_num_seqs} x {settings.max_model_len} tokens), {free >> 20} MiB are free"
+            + (f" and closing the open Session would free ~{freed >> 20} MiB" if others else "")
+            + "; lower max_num_seqs / max_model_len or use a smaller dtype"
+        )
+
+
 def vllm_device_type() -> str:
     from vllm.platforms import current_platform
 
@@ -111,6 +133,7 @@ class Session:
             max_model_len=max_model_len, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
             seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}), mode=mode,
         )
+        check_memory(config, self.settings, list(_LIVE))
         for other in list(_LIVE):
             warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
             other.close()

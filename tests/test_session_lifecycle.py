@@ -33,7 +33,7 @@ def test_a_refused_session_leaves_the_previous_one_generating(tmp_path):
     import json
     import shutil
 
-    from hfvllm_lab.errors import ModelNotFoundError, UnsupportedModelError
+    from hfvllm_lab.errors import DeviceError, ModelNotFoundError, UnsupportedModelError
 
     # The same checkpoint with a rope whose frequencies depend on the batch: refused up front.
     bad = tmp_path / "dynamic-rope"
@@ -49,6 +49,8 @@ def test_a_refused_session_leaves_the_previous_one_generating(tmp_path):
                 Session(bad)
             with pytest.raises(ModelNotFoundError):
                 Session(tmp_path / "no-such-checkpoint")
+            with pytest.raises(DeviceError, match="too little memory"):  # a KV cache of terabytes
+                Session("llama", max_num_seqs=10**6)
         assert not first.closed
         assert first.generate(["Hello"], 3)[0].token_ids == expected
 

@@ -47,6 +47,16 @@ def kv_cache_bytes(config, settings: EngineSettings) -> int:
     return 2 * tokens * per_token + (8 << 20)
 
 
+def estimated_engine_bytes(config, settings: EngineSettings) -> int:
+    """Parameters (the checkpoint's tensors, rescaled to the engine dtype) plus the KV cache."""
+    from hfvllm_lab.device import checkpoint_dtype
+
+    weights = sum(f.stat().st_size for f in Path(settings.model_dir).glob("*.safetensors"))
+    stored = 4 if checkpoint_dtype(config) in (None, "float32") else 2
+    wanted = 4 if settings.dtype == "float32" else 2
+    return weights * wanted // stored + kv_cache_bytes(config, settings)
+
+
 def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
     from transformers import AutoConfig
 
