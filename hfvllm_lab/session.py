@@ -215,7 +215,11 @@ class Session:
     @property
     def attention(self) -> AttentionReport:
         """Selected attention and, per layer, what executed since the Session started."""
-        return attention_report("vllm", self.attention_path, self.engine.rpc("lab_attention_counts"))
+        reason = ""
+        if self.mode == "fast":
+            reason = ("vLLM paged attention; mode='fast': the compiled graph runs attention past the per-layer "
+                      "counters, so the call counts are not measured (mode='inspect' counts them)")
+        return attention_report("vllm", self.attention_path, self.engine.rpc("lab_attention_counts"), reason)
 
     def reset_attention_counts(self) -> None:
         self.engine.rpc("lab_attention_start")

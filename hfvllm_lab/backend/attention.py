@@ -228,6 +228,15 @@ def head_geometry(config) -> tuple[int, int, int]:
     return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
+def layer_geometries(config) -> list[tuple[int, int, int]]:
+    """`head_geometry` of every decoder layer: configs whose geometry varies per layer (Gemma-4's
+    `per_layer_config`) refuse the global attributes, so read each layer's own."""
+    per_layer = getattr(config, "per_layer_config", None)
+    if per_layer is not None:
+        return [head_geometry(per_layer[i]) for i in range(config.num_hidden_layers)]
+    return [head_geometry(config)] * config.num_hidden_layers
+
+
 def _module_int(module: nn.Module, *names: str) -> int | None:
     for n in names:
         value = getattr(module, n, None)

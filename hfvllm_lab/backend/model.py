@@ -214,6 +214,37 @@ def check_decoder(hf: nn.Module) -> None:
             )
 
 
+CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache_params", "layer_past")
+
+
+def check_stateless(hf: nn.Module) -> None:
+    """Only attention may keep state across steps (vLLM's paged KV cache holds it). A module that
+    takes the HF cache itself — a convolution or recurrence carrying its state between tokens —
+    would lose that state: the lab runs every forward with use_cache=False, so prefill would be
+    right and every decode step silently wrong."""
+    import inspect
+
+    from hfvllm_lab.backend.attention import dispatches_through_interface
+
+    passers = set()  # modules that only hand the cache down to an attention module inside them
+    for name, module in hf.named_modules():
+        if any(dispatches_through_interface(type(m)) for m in module.modules()):
+            passers.add(name)
+    if not passers:
+        return  # no attention dispatches through the interface: refused later, with that reason
+    for name, module in hf.named_modules():
+        if name in passers or type(module).forward is nn.Module.forward:
+            continue
+        params = inspect.signature(type(module).forward).parameters
+        taken = [a for a in CACHE_ARGUMENTS if a in params]
+        if taken:
+            raise UnsupportedModelError(
+                f"{name} ({type(module).__name__}) takes the HF cache ({taken[0]}) outside attention: it keeps "
+                "state between tokens (a convolution or recurrence) that vLLM's paged KV cache does not hold, so "
+                "every decode step would be computed without it"
+            )
+
+
 def check_supported(cls: type) -> None:
     """vLLM's rule for its own Transformers backend: the class declares support for custom attention
     backends (`is_backend_compatible()`), or its modelling code looks attention up in transformers'
@@ -286,6 +317,7 @@ class LabForCausalLM(nn.Module):
         self._conversion = CheckpointConversion(hf, hf_state)
         head_name = self._output_embedding_name(hf)
         check_decoder(hf)
+        check_stateless(hf)
         check_head(hf, head_name)
         check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})

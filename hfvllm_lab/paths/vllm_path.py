@@ -36,12 +36,10 @@ class EngineSettings:
 def kv_cache_bytes(config, settings: EngineSettings) -> int:
     """KV bytes for `max_num_seqs` sequences of `max_model_len` tokens, rounded up to whole
     blocks with headroom, instead of vLLM's CPU default of ~90% of RAM."""
-    from hfvllm_lab.backend.attention import head_geometry
+    from hfvllm_lab.backend.attention import layer_geometries
 
-    text = config.get_text_config()
-    _, kv_heads, head_dim = head_geometry(text)
     elem = 4 if settings.dtype == "float32" else 2
-    per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * elem
+    per_token = sum(2 * kv_heads * head_dim * elem for _, kv_heads, head_dim in layer_geometries(config.get_text_config()))
     block = 128
     tokens = (math.ceil(settings.max_model_len / block) + 1) * block * settings.max_num_seqs
     return 2 * tokens * per_token + (8 << 20)
@@ -121,15 +119,15 @@ def preflight(settings: EngineSettings):
     if settings.device.startswith("cpu"):
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-        from hfvllm_lab.backend.attention import head_geometry
+        from hfvllm_lab.backend.attention import layer_geometries
 
-        head_size = head_geometry(text)[2]
         supported = CPUAttentionBackend.get_supported_head_sizes()
-        if head_size not in supported:
-            raise UnsupportedModelError(
-                f"head size {head_size} is not run by vLLM's CPU attention (supported: "
-                f"{', '.join(map(str, supported))})"
-            )
+        for head_size in sorted({g[2] for g in layer_geometries(text)}):
+            if head_size not in supported:
+                raise UnsupportedModelError(
+                    f"head size {head_size} is not run by vLLM's CPU attention (supported: "
+                    f"{', '.join(map(str, supported))})"
+                )
     return config
 
 

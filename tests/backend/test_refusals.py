@@ -97,3 +97,25 @@ def test_compatibility_follows_vllms_rule():
     check_supported(BioGptForCausalLM)
     with pytest.raises(UnsupportedModelError, match="does not support custom attention backends"):
         check_supported(BloomForCausalLM)
+
+
+def test_a_module_keeping_state_outside_attention_is_refused(tmp_path):
+    """Zaya's CCA q/k/v projection convolves over earlier tokens through the HF cache: with
+    use_cache=False the prefill is right and every decode step wrong (the coverage sweep saw
+    identical tokens with logprobs 0.44 off). The engine must refuse it, naming the module."""
+    from hfvllm_lab.zoo import shrink
+
+    with pytest.raises(UnsupportedModelError, match=r"qkv_proj \(ZayaCCAProjection\) takes the HF cache"):
+        build(shrink.shrunk_path("zaya"))
+
+
+def test_llama_layers_only_hand_the_cache_to_attention():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hfvllm_lab.backend.model import check_stateless
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=260, hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64))
+    check_stateless(model)  # decoder layers and the base model pass the cache down: not state of their own
