@@ -114,12 +114,14 @@ def test_report_views():
 
 
 def test_runner_end_to_end_on_the_lab_path(tmp_path):
-    """llama passes; llama4_text (chunked attention) is refused by the lab with its reason."""
+    """llama passes; gemma4_text (head size per layer: config.head_dim is not even readable) passes;
+    llama4_text (chunked attention) is refused by the lab with its reason."""
     from hfvllm_lab.coverage.runner import run_coverage
 
-    report = run_coverage(["llama", "llama4_text"], timeout=120, progress=False, log_dir=tmp_path)
+    report = run_coverage(["llama", "gemma4_text", "llama4_text"], timeout=120, progress=False, log_dir=tmp_path)
     lab = {r.model_type: r for r in report.rows}
     assert report.paths == ("lab",) and not report.not_run
     assert lab["llama"].verdict == PASS, lab["llama"]
+    assert lab["gemma4_text"].verdict == PASS, lab["gemma4_text"]
     assert lab["llama4_text"].verdict == REFUSED, lab["llama4_text"]
     assert "chunked attention" in lab["llama4_text"].reason

@@ -156,11 +156,11 @@ def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple
 def check_tensor_parallel(config, tp_size: int) -> None:
     """k_proj/v_proj are split column-wise like q_proj, so query and KV heads must both divide
     evenly (replicating fewer KV heads than ranks, as vLLM's fused QKV layer does, is not built)."""
-    heads, kv_heads, _ = head_geometry(config)
-    if heads % tp_size or kv_heads % tp_size:
-        raise UnsupportedModelError(
-            f"{heads} attention heads / {kv_heads} KV heads do not split evenly over tensor-parallel size {tp_size}"
-        )
+    for heads, kv_heads, _ in sorted(set(layer_geometries(config))):
+        if heads % tp_size or kv_heads % tp_size:
+            raise UnsupportedModelError(
+                f"{heads} attention heads / {kv_heads} KV heads do not split evenly over tensor-parallel size {tp_size}"
+            )
 
 
 def _layer_type(config, idx: int) -> str | None:
@@ -249,7 +249,7 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
     """The geometry and maths of one layer's attention, read from that layer's HF module (heads,
     head size, scale, window, soft-cap, sinks are per layer) and from what its forward passes to
     the attention function; the config only where the module says nothing."""
-    cfg_heads, cfg_kv_heads, config_head_size = head_geometry(config)
+    cfg_heads, cfg_kv_heads, config_head_size = layer_geometries(config)[idx]
     heads = _module_int(module, "num_heads", "num_attention_heads") or cfg_heads
     kv_heads = _module_int(module, "num_key_value_heads", "num_kv_heads")
     groups = _module_int(module, "num_key_value_groups")
