@@ -46,12 +46,16 @@ def ensure_checkpoint(spec: ZooSpec) -> Path:
     target = checkpoint_dir(spec)
     if is_complete(target):
         return target
+    return build_atomically(target, spec.name, lambda staging: write_checkpoint(spec, staging))
+
+
+def build_atomically(target: Path, name: str, write) -> Path:
+    """`write(staging)` into a folder beside `target`, then rename it into place, so a crash never
+    leaves a half-written checkpoint that looks complete to the next caller."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a crash never leaves a half-written checkpoint
-    # that looks complete to the next caller.
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        write_checkpoint(spec, staging)
+        write(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,17 +417,9 @@ def shrunk_path(model_type: str) -> Path:
     target = checkpoint_dir(p)
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".shrunk-{model_type}-", dir=target.parent))
-    try:
-        write_checkpoint(p, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    from hfvllm_lab.zoo.build import build_atomically
+
+    return build_atomically(target, f"shrunk-{model_type}", lambda staging: write_checkpoint(p, staging))
 
 
 def build_config(p: ShrinkPlan):
