@@ -304,27 +304,11 @@ def _shrink_dict(config: dict, layers: int, changes: dict) -> None:
     # without one the head size is hidden / heads, so 2 heads of 32.
     n_heads = 4 if gqa and explicit_head_dim else 2
     n_kv = 1 if mqa else (2 if gqa and explicit_head_dim else (1 if gqa else n_heads))
-    for key in _WIDTH:
-        if sized(key):
-            put(key, HIDDEN)
-    for key in _LAYERS:
-        if sized(key):
-            put(key, layers)
-    for key in _HEADS:
-        if sized(key):
-            put(key, n_heads)
-    for key in _KV_HEADS:
-        if sized(key):
-            put(key, n_kv)
-    for key in _HEAD_DIMS:
-        if sized(key):
-            put(key, HEAD_DIM)
-    for key in _FFN:
-        if sized(key):
-            put(key, FFN)
-    for key in _MOE_FFN:
-        if sized(key):
-            put(key, MOE_FFN)
+    for keys, value in ((_WIDTH, HIDDEN), (_LAYERS, layers), (_HEADS, n_heads), (_KV_HEADS, n_kv),
+                        (_HEAD_DIMS, HEAD_DIM), (_FFN, FFN), (_MOE_FFN, MOE_FFN)):
+        for key in keys:
+            if sized(key):
+                put(key, value)
     for key in _EXPERTS:
         if _positive_int(config.get(key)) and config[key] > 1:
             put(key, EXPERTS)
