@@ -8,8 +8,9 @@ Paths: `hf` (transformers generate, the checkpoint's dtype), and for each of vLL
 model class, vLLM's built-in `transformers` backend and the `lab` backend: eager (`enforce_eager`)
 and `-compiled` (vLLM's compilation: on this CPU wheel dynamo + inductor). Each path runs in its
 own spawned process that builds its model once and then answers measurement requests, so the
-rounds alternate paths (drift hits all alike); figures are medians over rounds and ratios are
-taken within this run. Measured per path and batch size (1 and 8):
+rounds alternate paths (drift hits all alike, with a pause between paths so one path's spinning
+OpenMP threads do not slow the next); figures are medians over rounds and ratios are taken within
+this run. Measured per path and batch size (1 and 8):
 
 - prefill tok/s: B prompts of P random token ids, max_tokens=1: B*P / time.
 - decode tok/s: the same prompts with N new tokens minus with 1: B*(N-1) / (t_N - t_1).
@@ -30,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+SETTLE_S = 1.0
 PATHS = ["hf", "native", "native-compiled", "transformers", "transformers-compiled", "lab", "lab-compiled"]
 MODELS = ["llama-58m", "smollm2-135m"]
 
@@ -206,6 +208,9 @@ def run_model(model: str, paths: list[str], rounds: int, spec: dict, log) -> dic
         for r in range(rounds):
             order = list(children) if r % 2 == 0 else list(reversed(children))
             for path in order:
+                # Let the previous path's OpenMP threads stop spinning before this one is timed:
+                # every child's threads are bound to the same cores.
+                time.sleep(SETTLE_S)
                 proc, conn = children[path]
                 conn.send(("measure", {**spec, "probes": path == "lab"}))
                 status, figures = conn.recv()
@@ -268,8 +273,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     models = args.models or (["llama-58m"] if args.quick else MODELS)
     rounds = args.rounds or (1 if args.quick else 3)
-    spec = {"batches": [1, 8], "prompt_len": args.prompt_len or 64,
-            "new_tokens": args.new_tokens or (16 if args.quick else 32), "repeats": 2 if args.quick else 3}
+    # The setup: 32-token prompts, 64 new tokens (long enough that a decode run is ~1 s).
+    spec = {"batches": [1, 8], "prompt_len": args.prompt_len or 32,
+            "new_tokens": args.new_tokens or (16 if args.quick else 64), "repeats": 2 if args.quick else 3}
     begin = time.perf_counter()
 
     def log(msg):

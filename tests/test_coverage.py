@@ -96,6 +96,19 @@ def test_mixtral_checkpoint_is_saved_per_expert_with_scaled_logits():
     assert 1.6 < logits.std(-1).mean().item() < 2.4
 
 
+@pytest.mark.parametrize(("model_type", "was_constant"), [
+    ("qwen2", "model.layers.0.self_attn.q_proj.bias"),  # zero at init
+    ("doge", "model.layers.0.self_attn.A"),  # zero at init: its dynamic mask term vanished with it
+])
+def test_no_parameter_is_left_constant(model_type, was_constant):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(shrink.shrunk_path(model_type) / "model.safetensors"))
+    assert tensors[was_constant].abs().min() > 0
+    constant = [k for k, t in tensors.items() if t.is_floating_point() and t.numel() > 1 and (t == t.flatten()[0]).all()]
+    assert not constant
+
+
 def test_report_views():
     report = CoverageReport(rows=[
         CoverageRow("llama", "LlamaForCausalLM", "lab", PASS, "", 1.0),

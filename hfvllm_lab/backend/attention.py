@@ -32,7 +32,8 @@ def lab_attention_forward(
     softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """The function transformers calls for attention: [1, heads, tokens, dim] in, vLLM does the rest."""
+    """The function transformers calls for attention: [1, heads, tokens, dim] in, [1, tokens, heads,
+    dim] out (transformers' convention), vLLM does the rest."""
     attn = getattr(module, ATTN_ATTR, None)
     if attn is None:
         # Never compute attention some other way here: a plain matmul would have no KV history
@@ -62,11 +63,13 @@ def lab_attention_forward(
         extra = {"s_aux": sinks} if sinks is not None else {}
         out = hf_attention(module, query, key, value, attn.lab_override, scaling, sliding_window, softcap, **extra)
         attn.lab_counts[attn.lab_override] = attn.lab_counts.get(attn.lab_override, 0) + 1
-        return out.reshape(tokens, -1), None
+        return out, None
     q, k, v = (x.transpose(1, 2).reshape(tokens, -1) for x in (query, key, value))
     out = attn(q, k, v)
     attn.lab_counts[attn.lab_backend] = attn.lab_counts.get(attn.lab_backend, 0) + 1
-    return out, None
+    # transformers' attention functions return [batch, tokens, heads, head size]; callers reshape
+    # from that (GPT-2 flattens the last two axes, most flatten after `input_shape`)
+    return out.view(1, tokens, query.shape[1], value.shape[-1]), None
 
 
 def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, softcap, **extra) -> torch.Tensor:
@@ -249,6 +252,13 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
     """The geometry and maths of one layer's attention, read from that layer's HF module (heads,
     head size, scale, window, soft-cap, sinks are per layer) and from what its forward passes to
     the attention function; the config only where the module says nothing."""
+    calls = len(_attention_calls(type(module)))
+    if calls > 1:
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}) calls the attention function {calls} times in one forward "
+            "(differential attention: one call per value half); a vLLM attention layer caches one key/value "
+            "pair per layer and token, so the calls would overwrite each other's cache"
+        )
     cfg_heads, cfg_kv_heads, config_head_size = layer_geometries(config)[idx]
     heads = _module_int(module, "num_heads", "num_attention_heads") or cfg_heads
     kv_heads = _module_int(module, "num_key_value_heads", "num_kv_heads")

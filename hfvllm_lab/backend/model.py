@@ -61,6 +61,36 @@ def hf_causal_lm_class(config, trust_remote_code: bool) -> type:
         ) from None
 
 
+def transformers_own_config(config, model_dir: str, overrides=None):
+    """The config as transformers' own class. vLLM registers classes of its own for some model types
+    (kimi_linear, deepseek_v4, ...) and parses checkpoints with them; transformers' modelling code
+    reads its own class's attributes, so the lab reads the checkpoint's config with that class
+    (and applies the same dict of hf_overrides vLLM applied)."""
+    import importlib
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
+
+    name = CONFIG_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+    if name is None or type(config).__module__.startswith("transformers."):
+        return config
+    try:
+        own = getattr(importlib.import_module(f"transformers.models.{model_type_to_module_name(config.model_type)}"), name)
+    except (ImportError, AttributeError):
+        return config
+    if isinstance(config, own):
+        return config
+    try:
+        mine = own.from_pretrained(model_dir)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"vLLM read this config with its own {type(config).__module__}.{type(config).__name__}, and transformers' "
+            f"{name} cannot read it ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+        ) from None
+    for key, value in (overrides.items() if isinstance(overrides, dict) else ()):
+        setattr(mine, key, value)
+    return mine
+
+
 def check_single_sequence(positions: torch.Tensor, mode: str) -> None:
     """HF attention keeps no KV history and cannot separate sequences: allow only one sequence
     that starts at position 0 and is contiguous (a prompt scored in one prefill)."""
@@ -95,32 +125,37 @@ def check_config(text_config) -> None:
         )
 
 
-# What the causal-LM class may do to the head's output, each repeated by `_logits_postprocessing`
-# (vLLM's LogitsProcessor scale and soft-cap); compared as `ast.unparse` text of the statement's
-# right-hand side. Anything else done to `logits` (or to the hidden states before the head) is
-# refused, because the engine would not repeat it.
-LOGITS_ALLOWLIST = {
-    "logits / self.config.final_logit_softcapping": "final soft-cap",
-    "torch.tanh(logits)": "final soft-cap",
-    "logits * self.config.final_logit_softcapping": "final soft-cap",
-    "logits / self.config.logits_scaling": "logits_scaling (Granite)",
-    "logits * self.logit_scale": "logit_scale (Cohere)",
-    "logits * self.config.logit_scale": "logit_scale",
-    "logits / final_logit_softcapping": "final soft-cap",
-    "logits * final_logit_softcapping": "final soft-cap",
-    "logits.float()": "upcast",
+# What the causal-LM class may do to the head's output, compared as `ast.unparse` text of the
+# statement's right-hand side (the head's result renamed `logits`), and the step each one is:
+# ("mul" | "div", operand) scales the logits by a number read from the built model, ("cap", operand)
+# is one statement of a tanh soft-cap, ("none", "") changes no value. The steps found are what
+# vLLM's LogitsProcessor repeats (LogitMaths); anything else done to the logits (or to the hidden
+# states before the head) is refused, because the engine would not repeat it.
+LOGITS_ALLOWLIST: dict[str, tuple[str, str]] = {
+    "logits / self.config.final_logit_softcapping": ("cap", "config.final_logit_softcapping"),
+    "torch.tanh(logits)": ("cap", ""),
+    "logits * self.config.final_logit_softcapping": ("cap", "config.final_logit_softcapping"),
+    "logits / final_logit_softcapping": ("cap", "config.final_logit_softcapping"),
+    "logits * final_logit_softcapping": ("cap", "config.final_logit_softcapping"),
+    "logits / self.config.logits_scaling": ("div", "config.logits_scaling"),  # Granite
+    "logits * self.config.logits_scaling": ("mul", "config.logits_scaling"),  # HyperCLOVA X (MuP)
+    "logits * self.logit_scale": ("mul", "logit_scale"),  # Cohere
+    "logits * self.config.logit_scale": ("mul", "config.logit_scale"),
+    "logits.float()": ("none", ""),
+    "logits.contiguous()": ("none", ""),
 }
 # How the hidden states may reach the head: the base model's output as it is, or divided by
-# logits_scaling (MiniCPM3; a bias-free head makes that the logits divided by it, as repeated).
+# logits_scaling (MiniCPM3; with a bias-free head that is the logits divided by it).
 HIDDEN_FROM_BASE = re.compile(r"^\w*outputs(\[0\]|\.last_hidden_state)$")
-HIDDEN_ALLOWLIST = {"hidden_states / self.config.logits_scaling": "logits_scaling"}
+HIDDEN_ALLOWLIST: dict[str, tuple[str, str]] = {
+    "hidden_states / self.config.logits_scaling": ("hidden-div", "config.logits_scaling")}
 
 
-def check_logits_postprocessing(cls: type, head_attr: str) -> None:
+def check_logits_postprocessing(cls: type, head_attr: str) -> list[tuple[str, str]]:
     """Refuse a causal-LM forward that computes anything between the base model and the logits
     beyond the head call and the allowlisted constants: the head must be applied to the base
     model's output (a plain variable, possibly sliced), and every later assignment to the head's
-    result must be in LOGITS_ALLOWLIST."""
+    result must be in LOGITS_ALLOWLIST. Returns the allowlisted steps in source order."""
     import ast
     import inspect
     import textwrap
@@ -130,14 +165,16 @@ def check_logits_postprocessing(cls: type, head_attr: str) -> None:
     except (OSError, TypeError, SyntaxError):
         raise UnsupportedModelError(
             f"{cls.__name__}.forward has no readable source: its logit maths cannot be checked") from None
-    assigns: dict[str, list[str]] = {}
+    assigns: dict[str, list[tuple[int, str]]] = {}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             rhs = ast.unparse(node.value) if isinstance(node, ast.Assign) else ast.unparse(node)
             for t in targets:
                 if isinstance(t, ast.Name):
-                    assigns.setdefault(t.id, []).append(rhs)
+                    assigns.setdefault(t.id, []).append((node.lineno, rhs))
+    for values in assigns.values():
+        values.sort()
     head_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == f"self.{head_attr}"]
     if len(head_calls) != 1 or len(head_calls[0].args) != 1:
         raise UnsupportedModelError(
@@ -159,23 +196,66 @@ def check_logits_postprocessing(cls: type, head_attr: str) -> None:
             f"{cls.__name__}.forward applies more than its head to the hidden states "
             f"(`self.{head_attr}({ast.unparse(head_calls[0].args[0])})`), which the lab's vLLM path would not repeat"
         )
-    for rhs in assigns.get(arg.id, []):
+    steps: list[tuple[str, str]] = []
+    for _, rhs in assigns.get(arg.id, []):
         if rhs.startswith("self.") and rhs.endswith(")") and not rhs.startswith(f"self.{head_attr}("):
             continue  # the base model's own output object (`outputs = self.model(...)`)
-        if not HIDDEN_FROM_BASE.match(rhs) and rhs.replace(arg.id, "hidden_states") not in HIDDEN_ALLOWLIST:
+        if HIDDEN_FROM_BASE.match(rhs):
+            continue
+        step = HIDDEN_ALLOWLIST.get(rhs.replace(arg.id, "hidden_states"))
+        if step is None:
             raise UnsupportedModelError(
                 f"{cls.__name__}.forward changes the hidden states before the head (`{arg.id} = {rhs}`), "
                 "which the lab's vLLM path would not repeat"
             )
+        steps.append(step)
     head_src = ast.unparse(head_calls[0])
-    result = next((name for name, values in assigns.items() if any(head_src in v for v in values)), None)
-    for rhs in assigns.get(result, []) if result else []:
-        if rhs in (head_src, f"{head_src}.float()", f"{head_src}.contiguous()") or rhs.replace(result, "logits") in LOGITS_ALLOWLIST:
+    result = next((name for name, values in assigns.items() if any(head_src in v for _, v in values)), None)
+    for _, rhs in assigns.get(result, []) if result else []:
+        # the head call itself stands for `logits` (`logits = self.lm_head(h) * scale`)
+        text = "logits" + rhs[len(head_src):] if rhs.startswith(head_src) else rhs.replace(result, "logits")
+        if text == "logits":
             continue
-        raise UnsupportedModelError(
-            f"{cls.__name__}.forward post-processes the logits (`{result} = {rhs}`), which the lab's "
-            "vLLM logits processor would not repeat"
-        )
+        step = LOGITS_ALLOWLIST.get(text)
+        if step is None:
+            raise UnsupportedModelError(
+                f"{cls.__name__}.forward post-processes the logits (`{result} = {rhs}`), which the lab's "
+                "vLLM logits processor would not repeat"
+            )
+        steps.append(step)
+    return [s for s in steps if s[0] != "none"]
+
+
+def logit_maths(cls_name: str, steps: list[tuple[str, str]], owner: nn.Module, head_bias: bool) -> dict:
+    """The scale and soft-cap vLLM's LogitsProcessor applies, from the steps the causal-LM forward
+    takes (operands read from the built model); refused where the processor's order (cap, then
+    scale) would make it compute something else, or a head bias would be scaled that HF does not."""
+    scale, soft_cap = 1.0, None
+    for kind, operand in steps:
+        value = owner
+        for part in operand.split(".") if operand else ():
+            value = getattr(value, part, None)
+        if operand and value is None:
+            continue  # HF cannot multiply by None: the forward guards this statement, and skips it
+        if kind == "cap":
+            if scale != 1.0:
+                raise UnsupportedModelError(
+                    f"{cls_name} soft-caps its logits after scaling them; vLLM's logits processor caps first")
+            if operand:
+                soft_cap = value
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value:
+            raise UnsupportedModelError(
+                f"{cls_name} scales its logits by self.{operand} = {value!r}, not a non-zero number")
+        if kind == "hidden-div" and head_bias:
+            raise UnsupportedModelError(
+                f"{cls_name} scales the hidden states before a head with a bias; vLLM's logits processor "
+                "would scale the bias too")
+        scale = scale * value if kind == "mul" else scale / value
+    if soft_cap is not None and not isinstance(soft_cap, (int, float)):
+        raise UnsupportedModelError(f"{cls_name} soft-caps its logits by {soft_cap!r}, not a number")
+    return {"scale": float(scale), "soft_cap": float(soft_cap) if soft_cap else None,
+            "steps": [f"{k} {o}".strip() for k, o in steps]}
 
 
 def check_head(hf: nn.Module, head_name: str) -> None:
@@ -198,8 +278,11 @@ def check_head(hf: nn.Module, head_name: str) -> None:
                 f"than its output embedding {head_name} ({', '.join(extra + foreign)}); the engine would compute "
                 "logits from the projection alone"
             )
-        if type(container).forward is not nn.Module.forward:
-            check_logits_postprocessing(type(container), parts[depth])
+        if type(container).forward is not nn.Module.forward and check_logits_postprocessing(
+                type(container), parts[depth]):
+            raise UnsupportedModelError(
+                f"{type(hf).__name__}'s head {'.'.join(parts[:depth])} ({type(container).__name__}) scales or "
+                "caps the logits inside the head module, which the lab does not repeat")
 
 
 def check_decoder(hf: nn.Module) -> None:
@@ -273,7 +356,7 @@ class LabForCausalLM(nn.Module):
         parallel = vllm_config.parallel_config
         if parallel.pipeline_parallel_size > 1:
             raise UnsupportedModelError("the lab backend does not support pipeline parallelism")
-        self.config = model_config.hf_config
+        self.config = transformers_own_config(model_config.hf_config, model_config.model, model_config.hf_overrides)
         self.text_config = self.config.get_text_config()
         self.tp_size = parallel.tensor_parallel_size
         device = torch.device(vllm_config.device_config.device)
@@ -319,12 +402,13 @@ class LabForCausalLM(nn.Module):
         check_decoder(hf)
         check_stateless(hf)
         check_head(hf, head_name)
-        check_logits_postprocessing(hf_cls, head_name.split(".")[0])
+        logit_steps = check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
         ctx.fuse = fusion_enabled(self.config)  # fusion hook (backend/fuse.py)
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
         self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook
+        self.lab_tied_copies: dict[str, str] = {}  # a checkpoint name -> a second parameter it also fills
         report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
         self._route_attention(hf, vllm_config, report)
         phase("replaced", self)
@@ -333,7 +417,8 @@ class LabForCausalLM(nn.Module):
         self._attach_sinks()
         phase("materialized", self)
 
-        report.logits = self._logits_postprocessing()
+        head_bias = getattr(hf.get_submodule(head_name), "bias", None) is not None
+        report.logits = logit_maths(hf_cls.__name__, logit_steps, hf, head_bias)
         self.logits_processor = LogitsProcessor(
             self.text_config.vocab_size, scale=report.logits["scale"], soft_cap=report.logits["soft_cap"]
         )
@@ -377,6 +462,13 @@ class LabForCausalLM(nn.Module):
         from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
         old = hf.get_submodule(head_name)
+        # A head bias HF ties to another parameter (BertGeneration's lm_head.decoder.bias is
+        # lm_head.bias): checkpoints store it once, under the other name, which loads both.
+        if old.bias is not None:
+            others = [n for n, p in hf.named_parameters(remove_duplicate=False)
+                      if p is old.bias and n != f"{head_name}.bias"]
+            if others:
+                self.lab_tied_copies[f"{ROOT}.{others[0]}"] = f"{ROOT}.{head_name}.bias"
         new = ParallelLMHead(
             old.out_features,
             old.in_features,
@@ -425,17 +517,6 @@ class LabForCausalLM(nn.Module):
             attn = getattr(module, ATTN_ATTR, None)
             if attn is not None and attn.lab_spec.sinks:
                 attn.impl.sinks = module.get_parameter(attn.lab_spec.sinks)
-
-    def _logits_postprocessing(self) -> dict:
-        """Constant maths HF applies after the LM head, which vLLM's LogitsProcessor must repeat."""
-        cfg = self.text_config
-        scale = 1.0
-        if getattr(cfg, "logit_scale", None):  # Cohere multiplies
-            scale *= float(cfg.logit_scale)
-        if getattr(cfg, "logits_scaling", None):  # Granite divides
-            scale /= float(cfg.logits_scaling)
-        soft_cap = getattr(cfg, "final_logit_softcapping", None) or None
-        return {"scale": scale, "soft_cap": soft_cap}
 
     # -- vLLM model interface ------------------------------------------------------------
     @property

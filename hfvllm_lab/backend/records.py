@@ -134,6 +134,10 @@ class BuildReport:
         lines = [f"{self.hf_class} built by the lab backend on {self.device} ({self.dtype})"]
         for (kind, action), n in sorted(self.counts().items()):
             lines.append(f"  {kind:<10} {action:<9} {n}")
+        if self.logits.get("steps"):
+            cap = self.logits.get("soft_cap")
+            lines.append(f"  logits     scale {self.logits.get('scale', 1.0):g}"
+                         f"{f', soft-cap {cap:g}' if cap else ''} ({'; '.join(self.logits['steps'])})")
         kept = [r for r in self.records if r.action == KEPT and r.kind != ROTARY]
         for r in kept[:5]:
             lines.append(f"  kept {r.name} ({r.original_class}): {r.reason}")

@@ -37,8 +37,13 @@ class NameMap:
             return f"{self.root}.{self.base_prefix}.{name}"
         return None
 
-    def ignorable(self, name: str) -> bool:
-        return any(p.search(name) for p in (*IGNORABLE, *self.ignore_patterns))
+    def ignorable(self, name: str, is_parameter: bool = False) -> bool:
+        """Rotary frequency copies always; the class's own ignore patterns only for names that are
+        none of the model's tensors (GPT-2's pattern `attn.bias`, meant for its old mask buffer,
+        also matches its real parameter `attn.c_attn.bias`)."""
+        if any(p.search(name) for p in IGNORABLE):
+            return True
+        return not is_parameter and any(p.search(name) for p in self.ignore_patterns)
 
 
 def name_map_for(hf_model: nn.Module, root: str) -> NameMap:
@@ -168,13 +173,16 @@ def load_checked(
     shards = ShardLoader(params, getattr(model, "lab_fused_shards", None) or {})
     # Names a module loads itself although they are not its parameters (packed MoE experts).
     accepted = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() for n in getattr(mod, "lab_accepts", ())}
+    copies: dict[str, str] = getattr(model, "lab_tied_copies", None) or {}
 
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in (conversion(weights) if conversion is not None else weights):
-            if names.ignorable(name):
+            target = names(name)
+            known = target is not None and (target in params or target in buffers or target in accepted
+                                            or target in shards)
+            if names.ignorable(name, known):
                 ignored.append(name)
                 continue
-            target = names(name)
             if target in aliases:
                 ignored.append(name)  # a tied copy of a tensor loaded under its other name
                 continue
@@ -185,6 +193,8 @@ def load_checked(
                 unexpected.append(name)
                 continue
             yield target, tensor
+            if target in copies:  # a tied parameter HF keeps under two names, stored once
+                yield copies[target], tensor
 
     loaded = set(AutoWeightsLoader(model).load_weights(mapped()))
     loaded |= shards.loaded()  # fusion hook: fused parameters whose every shard arrived

@@ -142,7 +142,9 @@ class CoverageReport:
         lines += [
             "Every architecture in transformers' causal-LM auto mapping (`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`), "
             "shrunk by `hfvllm_lab.zoo.shrink` to a tiny seeded checkpoint (hidden 64, 2-4 layers, head size 32, "
-            "the zoo's 260-token byte vocabulary, 4 experts top-2, logits std ~2), run through each vLLM path and "
+            "the zoo's 260-token byte vocabulary, 4 experts top-2, logits std ~2; norm weights and every parameter "
+            "transformers initializes to a constant — zero biases, gates, per-key mask terms — given seeded noise, as "
+            "training would), run through each vLLM path and "
             "compared with plain transformers in float32: greedy tokens, top-5 logprobs and prompt logprobs "
             "(`hfvllm_lab.parity.compare_generations`, float32 logprob tolerance 1e-3).",
             "",

@@ -108,6 +108,7 @@ def preflight(settings: EngineSettings):
         config = AutoConfig.from_pretrained(settings.model_dir, trust_remote_code=settings.trust_remote_code)
     except Exception as exc:
         raise UnsupportedModelError(f"{settings.model_dir}: transformers cannot read its config: {exc}") from exc
+    _check_vllm_reads_config(settings)
     text = config.get_text_config()
     if settings.backend == "lab":
         from hfvllm_lab.backend.attention import check_tensor_parallel
@@ -129,6 +130,25 @@ def preflight(settings: EngineSettings):
                     f"{', '.join(map(str, supported))})"
                 )
     return config
+
+
+def _check_vllm_reads_config(settings: EngineSettings) -> None:
+    """vLLM parses the config again, with config classes of its own for some model types; a
+    checkpoint it cannot read would otherwise fail deep inside the engine's start-up."""
+    import vllm
+    from vllm.transformers_utils.config import get_config
+
+    try:
+        get_config(str(settings.model_dir), trust_remote_code=settings.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the refusal's reason
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+        raise UnsupportedModelError(
+            f"vLLM {vllm.__version__} cannot read this checkpoint's config, though transformers can "
+            f"({type(root).__name__}: {lines[0][:200] if lines else ''})"
+        ) from exc
 
 
 def lab_error_in(exc: BaseException) -> LabError | None:

@@ -29,7 +29,7 @@ from typing import Any
 from hfvllm_lab.errors import LabError
 
 # Bump when the recipe changes, so cached shrunk checkpoints are rebuilt.
-SHRINK_VERSION = 1
+SHRINK_VERSION = 2  # 2: no parameter is left constant (perturb_constants)
 HIDDEN = 64
 HEAD_DIM = 32
 FFN = 128
@@ -39,6 +39,7 @@ TOP_K = 2
 WINDOW = 8
 MAX_LAYERS = 4
 INIT_RANGE = 0.1
+CONSTANT_NOISE = 0.1  # std of the noise on constant-initialized parameters, relative to |c| (or 1 for zeros)
 LOGIT_STD = 2.0
 ATTN_SOFTCAP = 5.0
 FINAL_SOFTCAP = 4.0
@@ -435,6 +436,7 @@ def build_model(p: ShrinkPlan):
                                     f"{_first_line(exc)}") from None
         model.eval()
         perturb_norms(model)
+        perturb_constants(model)
         try:
             scale_logits(model, LOGIT_STD)
         except CannotShrinkError:
@@ -445,6 +447,25 @@ def build_model(p: ShrinkPlan):
     finally:
         torch.random.set_rng_state(state)
     return model
+
+
+def perturb_constants(model) -> list[str]:
+    """Give every parameter transformers initializes to one constant (zero biases, zero gates, unit
+    scales) seeded noise, as training would: a path that drops a bias, a gate or a per-key mask
+    term then changes the logits instead of hiding behind zeros. Returns the names changed."""
+    import torch
+
+    changed = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.numel() == 0 or not param.dtype.is_floating_point:
+                continue
+            first = param.reshape(-1)[0]
+            if bool((param == first).all()):
+                std = CONSTANT_NOISE * (abs(float(first)) or 1.0)
+                param.add_(torch.randn_like(param) * std)
+                changed.append(name)
+    return changed
 
 
 def sample_ids() -> list[int]:

@@ -121,5 +121,7 @@ def test_attention_specs_follow_the_hf_modules(run):
     if run["name"] == "granite":
         assert all(s.scale == 0.25 for s in specs)  # attention_multiplier, not head_dim**-0.5
         assert run["report"].logits["scale"] == 2.0  # logits / logits_scaling 0.5
+        assert run["report"].logits["steps"] == ["div config.logits_scaling"]
+        assert "scale 2 (div config.logits_scaling)" in run["report"].summary()
     if run["name"] == "cohere":
         assert run["report"].logits["scale"] == 0.5

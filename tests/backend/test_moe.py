@@ -80,3 +80,18 @@ def test_gpt_neox_embed_out_is_renamed_by_transformers_mapping():
     conversion = CheckpointConversion(model, state)
     assert conversion.rename("embed_out.weight") == ("lm_head.weight", None)
     assert conversion.rename("gpt_neox.final_layer_norm.weight")[0] == "gpt_neox.final_layer_norm.weight"
+
+
+def test_session_compare_passes_on_moe_and_its_log_shows_the_fused_experts():
+    from hfvllm_lab import Session
+
+    session = Session("qwen2-moe")
+    try:
+        cmp = session.compare(["Hello world", "The quick brown fox"], max_tokens=8, profile=False)
+        log = session.replacements
+    finally:
+        session.close()
+    assert cmp.ok and cmp.verdict.ok, [p.parity.reason for p in cmp.prompts]
+    experts = [r for r in log.records if r.kind == EXPERTS]
+    assert len(experts) == 4 and all(r.action == REPLACED and r.new_class == "LabFusedExperts" for r in experts)
+    assert "LabFusedExperts" in str(log) and "4 experts, top-2" in log._repr_html_()

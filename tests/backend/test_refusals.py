@@ -60,7 +60,6 @@ def test_non_causal_attention_module_is_refused():
 
 
 @pytest.mark.parametrize(("model_type", "match"), [
-    ("hyperclovax", r"post-processes the logits \(`logits = self.lm_head\(.*\) \* self.config.logits_scaling`\)"),
     ("falcon_h1", r"post-processes the logits .*lm_head_multiplier"),
     ("electra", r"applies more than its head to the hidden states"),
 ])
@@ -76,14 +75,42 @@ def test_logit_postprocessing_outside_the_allowlist_is_refused(model_type, match
         check_logits_postprocessing(cls, head)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma2", "granite", "cohere", "opt", "gpt_neox", "qwen2_moe"])
-def test_allowlisted_logit_maths_passes(model_type):
+CAP = ("cap", "config.final_logit_softcapping")
+
+
+@pytest.mark.parametrize(("model_type", "steps"), [
+    ("llama", []), ("opt", []), ("gpt_neox", []), ("qwen2_moe", []),
+    ("gemma2", [CAP, ("cap", ""), CAP]),
+    ("granite", [("div", "config.logits_scaling")]),
+    ("cohere", [("mul", "logit_scale")]),
+    ("hyperclovax", [("mul", "config.logits_scaling")]),  # multiplies where Granite divides
+])
+def test_allowlisted_logit_maths_passes_with_its_steps(model_type, steps):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     from hfvllm_lab.backend.model import check_logits_postprocessing
 
-    check_logits_postprocessing(MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.for_model(model_type))], "lm_head")
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.for_model(model_type))]
+    assert check_logits_postprocessing(cls, "lm_head") == steps
+
+
+def test_logit_maths_follows_the_steps_and_vllms_order():
+    from types import SimpleNamespace
+
+    from hfvllm_lab.backend.model import logit_maths
+
+    owner = SimpleNamespace(config=SimpleNamespace(logits_scaling=4.0, final_logit_softcapping=30.0), logit_scale=0.5)
+    assert logit_maths("M", [("mul", "config.logits_scaling")], owner, False)["scale"] == 4.0
+    assert logit_maths("M", [("div", "config.logits_scaling")], owner, True)["scale"] == 0.25
+    capped = logit_maths("M", [CAP, ("cap", ""), CAP, ("mul", "logit_scale")], owner, False)
+    assert (capped["soft_cap"], capped["scale"]) == (30.0, 0.5)
+    with pytest.raises(UnsupportedModelError, match="soft-caps its logits after scaling"):
+        logit_maths("M", [("mul", "logit_scale"), CAP], owner, False)
+    with pytest.raises(UnsupportedModelError, match="before a head with a bias"):
+        logit_maths("M", [("hidden-div", "config.logits_scaling")], owner, True)
+    owner.config.final_logit_softcapping = None  # the forward's `if` skips the cap
+    assert logit_maths("M", [CAP, ("cap", ""), CAP], owner, False)["soft_cap"] is None
 
 
 def test_compatibility_follows_vllms_rule():
@@ -119,3 +146,38 @@ def test_llama_layers_only_hand_the_cache_to_attention():
         model = LlamaForCausalLM(LlamaConfig(vocab_size=260, hidden_size=64, num_hidden_layers=2,
                                              num_attention_heads=2, intermediate_size=64))
     check_stateless(model)  # decoder layers and the base model pass the cache down: not state of their own
+
+
+def test_differential_attention_calling_the_interface_twice_is_refused():
+    """DiffLlama calls the attention function once per value half: one vLLM layer caches one pair."""
+    from hfvllm_lab.zoo import shrink
+
+    with pytest.raises(UnsupportedModelError, match=r"DiffLlamaAttention\) calls the attention function 2 times"):
+        build(shrink.shrunk_path("diffllama"))
+
+
+def test_hf_model_is_built_from_transformers_own_config_class():
+    """vLLM parses kimi_linear with a config class of its own; transformers' model needs its own
+    (built from vLLM's, it crashed on a missing attribute; from its own it reaches the real refusal)."""
+    from vllm.transformers_utils.config import get_config
+
+    from hfvllm_lab.backend.model import transformers_own_config
+    from hfvllm_lab.zoo import shrink
+
+    directory = str(shrink.shrunk_path("kimi_linear"))
+    theirs = get_config(directory, trust_remote_code=False)
+    assert type(theirs).__module__.startswith("vllm.")
+    ours = transformers_own_config(theirs, directory, {"lab_probe": 7})
+    assert type(ours).__module__.startswith("transformers.models.kimi_linear") and ours.lab_probe == 7
+    assert transformers_own_config(ours, directory) is ours
+    with pytest.raises(UnsupportedModelError, match=r"KimiLinearDecoderLayer\) takes the HF cache"):
+        build(directory)
+
+
+def test_config_vllm_cannot_parse_is_refused_before_the_engine():
+    from hfvllm_lab.paths.vllm_path import preflight
+    from hfvllm_lab.zoo import shrink
+
+    with pytest.raises(UnsupportedModelError, match=r"vLLM [\d.]+ cannot read this checkpoint's config, though "
+                                                    r"transformers can \(ValueError: The `mlp_layer_types`"):
+        preflight(engine_settings(shrink.shrunk_path("deepseek_v4")))
