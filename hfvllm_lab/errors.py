@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, clipped: what a one-line reason shows."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else ""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain of wrappers (vLLM and huggingface_hub re-raise errors)."""
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
 class LabError(Exception):
     """Base class for every error hfvllm_lab raises on purpose."""
 

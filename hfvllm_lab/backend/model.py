@@ -32,7 +32,7 @@ from hfvllm_lab.backend.fuse import build_compiled_stack, fusion_enabled
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
-from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError
+from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError, first_line
 
 # Attribute of `LabForCausalLM` that holds the HF model; checkpoint names are mapped under it.
 ROOT = "hf"
@@ -84,7 +84,7 @@ def transformers_own_config(config, model_dir: str, overrides=None):
     except Exception as exc:
         raise UnsupportedModelError(
             f"vLLM read this config with its own {type(config).__module__}.{type(config).__name__}, and transformers' "
-            f"{name} cannot read it ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+            f"{name} cannot read it ({type(exc).__name__}: {first_line(exc, 200)})"
         ) from None
     for key, value in (overrides.items() if isinstance(overrides, dict) else ()):
         setattr(mine, key, value)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from hfvllm_lab.coverage.report import ERROR, FAIL, PASS, REFUSED, SKIP
+from hfvllm_lab.errors import first_line, root_cause
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog, twice.", "Hello world"]
 MAX_TOKENS = 8
@@ -36,11 +37,6 @@ class Events:
             os.fsync(handle.fileno())
 
 
-def first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:300] if lines else ""
-
-
 def classify(exc: BaseException) -> tuple[str, str]:
     """(verdict, reason) of an exception raised while building or running a path.
 
@@ -54,25 +50,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, refusals):
         cause = exc.__cause__
         if cause is not None and lab_error_in(cause) is None and str(exc).startswith("vLLM could not build"):
-            root = _root(cause)
+            root = root_cause(cause)
             return ERROR, f"{type(root).__name__}: {first_line(root)}"
         return REFUSED, f"{type(exc).__name__}: {first_line(exc)}"
     lab = exc.__cause__ and lab_error_in(exc.__cause__)
     if isinstance(lab, refusals):
         return REFUSED, f"{type(lab).__name__}: {first_line(lab)}"
     return ERROR, f"{type(exc).__name__}: {first_line(exc)}"
-
-
-def _root(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain of wrappers (vLLM re-raises engine errors)."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        nxt = exc.__cause__
-        if nxt is None:
-            break
-        exc = nxt
-    return exc
 
 
 def hf_reference(directory: Path):

@@ -141,13 +141,12 @@ def _check_vllm_reads_config(settings: EngineSettings) -> None:
     try:
         get_config(str(settings.model_dir), trust_remote_code=settings.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the refusal's reason
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+        from hfvllm_lab.errors import first_line, root_cause
+
+        root = root_cause(exc)
         raise UnsupportedModelError(
             f"vLLM {vllm.__version__} cannot read this checkpoint's config, though transformers can "
-            f"({type(root).__name__}: {lines[0][:200] if lines else ''})"
+            f"({type(root).__name__}: {first_line(root, 200)})"
         ) from exc
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hfvllm_lab.errors import LabError
+from hfvllm_lab.errors import LabError, first_line
 
 # Bump when the recipe changes, so cached shrunk checkpoints are rebuilt.
 SHRINK_VERSION = 2  # 2: no parameter is left constant (perturb_constants)
@@ -43,6 +43,7 @@ CONSTANT_NOISE = 0.1  # std of the noise on constant-initialized parameters, rel
 LOGIT_STD = 2.0
 ATTN_SOFTCAP = 5.0
 FINAL_SOFTCAP = 4.0
+LOGITS_SCALING = 2.0
 
 # Sub-configs that mean "not a text-only model".
 MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config", "vq_config", "audio_encoder_config", "patcher_config",
@@ -96,7 +97,10 @@ _FIXED: dict[str, Any] = {
     "no_rope_layer_interval": 2,
 }
 _SOFTCAPS = {"attn_logit_softcapping": ATTN_SOFTCAP, "final_logit_softcapping": FINAL_SOFTCAP,
-             "logits_soft_cap": FINAL_SOFTCAP, "output_logit_soft_cap": FINAL_SOFTCAP}
+             "logits_soft_cap": FINAL_SOFTCAP, "output_logit_soft_cap": FINAL_SOFTCAP,
+             # logit multipliers that default to 1.0 (Granite divides by it, HyperCLOVA X multiplies):
+             # a path that drops or inverts one must change the logits
+             "logits_scaling": LOGITS_SCALING}
 _SIZE_KEYS = frozenset(_WIDTH + _HEADS + _KV_HEADS + _HEAD_DIMS + _FFN + _MOE_FFN)
 # Model types whose defaults need more than the rules above.
 _SPECIAL: dict[str, dict[str, Any]] = {
@@ -165,7 +169,7 @@ def plan(model_type: str) -> ShrinkPlan:
         base = CONFIG_MAPPING[model_type]()
     except Exception as exc:
         raise CannotShrinkError(f"its config class does not build from defaults: {type(exc).__name__}: "
-                                f"{_first_line(exc)}") from None
+                                f"{first_line(exc, 200)}") from None
     subs = set(getattr(base, "sub_configs", None) or {})
     multimodal = sorted(subs & set(MULTIMODAL_SUBCONFIGS))
     if multimodal:
@@ -194,11 +198,6 @@ def _text_twin(model_type: str) -> str:
         if candidate != model_type and candidate in causal_lm_types():
             return f"; its text model is covered as {candidate!r}"
     return ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _layer_count(config: dict) -> int | None:
@@ -413,7 +412,7 @@ def build_config(p: ShrinkPlan):
     try:
         config = CONFIG_MAPPING[p.model_type].from_dict(dict(p.config))
     except Exception as exc:
-        raise CannotShrinkError(f"the shrunk config does not validate: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CannotShrinkError(f"the shrunk config does not validate: {type(exc).__name__}: {first_line(exc, 200)}") from None
     config.architectures = None
     return config
 
@@ -433,7 +432,7 @@ def build_model(p: ShrinkPlan):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         except Exception as exc:
             raise CannotShrinkError(f"transformers cannot build the shrunk model: {type(exc).__name__}: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc, 200)}") from None
         model.eval()
         perturb_norms(model)
         perturb_constants(model)
@@ -443,7 +442,7 @@ def build_model(p: ShrinkPlan):
             raise
         except Exception as exc:
             raise CannotShrinkError(f"transformers cannot run the shrunk model: {type(exc).__name__}: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc, 200)}") from None
     finally:
         torch.random.set_rng_state(state)
     return model
@@ -507,7 +506,7 @@ def write_checkpoint(p: ShrinkPlan, directory: Path) -> None:
     try:
         model.save_pretrained(str(directory))
     except Exception as exc:
-        raise CannotShrinkError(f"save_pretrained failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CannotShrinkError(f"save_pretrained failed: {type(exc).__name__}: {first_line(exc, 200)}") from None
     save_tokenizer(directory)
     (directory / "shrink.json").write_text(json.dumps({
         "model_type": p.model_type, "class": p.class_name, "digest": p.digest(), "kept_layers": p.kept_layers,
