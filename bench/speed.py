@@ -7,10 +7,11 @@
 Paths: `hf` (transformers generate, the checkpoint's dtype), and for each of vLLM's `native`
 model class, vLLM's built-in `transformers` backend and the `lab` backend: eager (`enforce_eager`)
 and `-compiled` (vLLM's compilation: on this CPU wheel dynamo + inductor). Each path runs in its
-own spawned process that builds its model once and then answers measurement requests, so the
-rounds alternate paths (drift hits all alike, with a pause between paths so one path's spinning
-OpenMP threads do not slow the next); figures are medians over rounds and ratios are taken within
-this run. Measured per path and batch size (1 and 8):
+own spawned process that builds its model once and then answers timing requests, so the paths
+take turns run by run (each repeat times every path once, in alternating order, with a pause
+before each so one path's spinning OpenMP threads do not slow the next: drift on this shared
+machine hits all paths alike). A round's figure is a path's best repeat; the table shows medians
+over rounds, and ratios are taken within this run. Measured per path and batch size (1 and 8):
 
 - prefill tok/s: B prompts of P random token ids, max_tokens=1: B*P / time.
 - decode tok/s: the same prompts with N new tokens minus with 1: B*(N-1) / (t_N - t_1).
@@ -103,7 +104,11 @@ class HfRunner:
 
 
 def serve(model: str, path: str, conn) -> None:
-    """Child: build the path's model, then answer ("measure", spec) until ("stop",)."""
+    """Child: build the path's model, then answer timing requests from the parent until ("stop",).
+
+    ("time", batch, spec): an untimed 1-token run, then one timed with 1 new token and one with N,
+    in seconds; ("warm", batch, spec): one short run at that shape; ("probes", on): the lab's probes.
+    """
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     import warnings
@@ -119,36 +124,27 @@ def serve(model: str, path: str, conn) -> None:
         msg = conn.recv()
         if msg[0] == "stop":
             break
-        spec = msg[1]
         try:
-            conn.send(("ok", measure(runner, spec)))
+            if msg[0] == "probes":
+                runner.probes(msg[1])
+                conn.send(("ok", None))
+                continue
+            batch, spec = msg[1], msg[2]
+            prompts = _prompts(runner.vocab, batch, spec["prompt_len"], seed=batch)
+            if msg[0] == "warm":
+                conn.send(("ok", runner.run(prompts, 2)))
+            else:
+                runner.run(prompts, 1)  # untimed: wakes the threads the settle pause let sleep
+                conn.send(("ok", (runner.run(prompts, 1), runner.run(prompts, spec["new_tokens"]))))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
 
 
-def measure(runner, spec: dict) -> dict:
-    """Best of `repeats` within a round (the machine is shared: the minimum is the least disturbed
-    run); the median over rounds is taken by the parent."""
-    out = {}
-    reps = spec.get("repeats", 3)
-
-    def best(prompts, n):
-        return min(runner.run(prompts, n) for _ in range(reps))
-
-    for batch in spec["batches"]:
-        prompts = _prompts(runner.vocab, batch, spec["prompt_len"], seed=batch)
-        runner.run(prompts, 2)  # warm-up at this shape
-        t1, tn = best(prompts, 1), best(prompts, spec["new_tokens"])
-        out[f"prefill_b{batch}"] = batch * spec["prompt_len"] / t1
-        out[f"decode_b{batch}"] = batch * (spec["new_tokens"] - 1) / max(tn - t1, 1e-9)
-        if spec.get("probes"):
-            runner.probes(True)
-            try:
-                t1p, tnp = best(prompts, 1), best(prompts, spec["new_tokens"])
-            finally:
-                runner.probes(False)
-            out[f"decode_b{batch}_probed"] = batch * (spec["new_tokens"] - 1) / max(tnp - t1p, 1e-9)
-    return out
+def figures(batch: int, spec: dict, pairs: list[tuple[float, float]], suffix: str = "") -> dict:
+    """Best of the interleaved repeats (the machine is shared: the minimum is the least disturbed run)."""
+    t1, tn = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    return {f"prefill_b{batch}{suffix}": batch * spec["prompt_len"] / t1,
+            f"decode_b{batch}{suffix}": batch * (spec["new_tokens"] - 1) / max(tn - t1, 1e-9)}
 
 
 # -- Session start-up ---------------------------------------------------------------------------
@@ -204,21 +200,55 @@ def run_model(model: str, paths: list[str], rounds: int, spec: dict, log) -> dic
             children[path] = (proc, parent)
         else:
             proc.join(5)
+
+    def ask(path, *msg):
+        proc, conn = children[path]
+        conn.send(msg)
+        status, value = conn.recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
     try:
         for r in range(rounds):
             order = list(children) if r % 2 == 0 else list(reversed(children))
+            got = {path: {} for path in order}
+            failed: set[str] = set()
+            for batch in spec["batches"]:
+                pairs = {path: [] for path in order}
+                for path in order:
+                    try:
+                        ask(path, "warm", batch, spec)
+                    except RuntimeError as exc:
+                        failed.add(path)
+                        result["paths"][path]["error"] = str(exc)
+                # Repeats interleave the paths (one 1-token and one N-token run each, in turn, the order
+                # reversed every other repeat) so a slow spell of this shared machine hits them alike.
+                for rep in range(spec["repeats"]):
+                    for path in (order if rep % 2 == 0 else order[::-1]):
+                        if path in failed:
+                            continue
+                        # Let the previous path's OpenMP threads stop spinning before this one is timed:
+                        # every child's threads are bound to the same cores.
+                        time.sleep(SETTLE_S)
+                        try:
+                            pairs[path].append(ask(path, "time", batch, spec))
+                        except RuntimeError as exc:
+                            failed.add(path)
+                            result["paths"][path]["error"] = str(exc)
+                for path in order:
+                    if pairs[path] and path not in failed:
+                        got[path].update(figures(batch, spec, pairs[path]))
+                if "lab" in order and "lab" not in failed:  # probe overhead, eager lab only
+                    ask("lab", "probes", True)
+                    try:
+                        probed = [ask("lab", "time", batch, spec) for _ in range(spec["repeats"])]
+                    finally:
+                        ask("lab", "probes", False)
+                    got["lab"][f"decode_b{batch}_probed"] = figures(batch, spec, probed)[f"decode_b{batch}"]
             for path in order:
-                # Let the previous path's OpenMP threads stop spinning before this one is timed:
-                # every child's threads are bound to the same cores.
-                time.sleep(SETTLE_S)
-                proc, conn = children[path]
-                conn.send(("measure", {**spec, "probes": path == "lab"}))
-                status, figures = conn.recv()
-                if status != "ok":
-                    result["paths"][path]["error"] = figures
-                    log(f"  {model} {path} round {r}: {figures}")
-                    continue
-                result["paths"][path]["rounds"].append(figures)
+                if path not in failed:
+                    result["paths"][path]["rounds"].append(got[path])
             log(f"  {model}: round {r + 1}/{rounds} done")
     finally:
         for proc, conn in children.values():
@@ -251,6 +281,12 @@ def table(model: str, res: dict) -> str:
         lines.append(f"{path:<22}" + "".join(cells) + (f"{build:>10.1f}" if build else f"{'-':>10}"))
         if data.get("error"):
             lines.append(f"    error: {data['error'][:200]}")
+    for mode in ("", "-compiled"):  # the issue's bar: lab vs built-in and vs native, decode batch 8, per mode
+        lab_v = res["paths"].get(f"lab{mode}", {}).get("median", {}).get("decode_b8")
+        ref = {p: res["paths"].get(f"{p}{mode}", {}).get("median", {}).get("decode_b8") for p in ("transformers", "native")}
+        if lab_v and all(ref.values()):
+            lines.append(f"lab{mode or ' eager'} decode b8: {lab_v / ref['transformers']:.3f}x vLLM built-in backend, "
+                         f"{lab_v / ref['native']:.3f}x vLLM native ({'compiled' if mode else 'eager'}, same run)")
     lab = res["paths"].get("lab", {}).get("median", {})
     for b in (1, 8):
         on, off = lab.get(f"decode_b{b}_probed"), lab.get(f"decode_b{b}")

@@ -13,7 +13,8 @@
 
 Checkpoints stay as they are: unfused tensors (`q_proj.weight`, `gate_proj.weight`) load as
 shards of the fused layers (`shard_map`); a stacked `gate_up_proj.weight` loads whole.
-Turned off with `hf_overrides={"lab_fuse": False}` or `HFVLLM_LAB_FUSE=0`.
+Turned off, with the CPU norm and rotary kernels (norms.py, rope.py), by
+`hf_overrides={"lab_fuse": False}` or `HFVLLM_LAB_FUSE=0`.
 """
 
 from __future__ import annotations
@@ -126,16 +127,16 @@ class MLPMaths:
     reason: str = ""
 
 
-class _Captured(Exception):
+class Captured(Exception):
     def __init__(self, query, key, value) -> None:
         self.qkv = (query, key, value)
 
 
-def _probe_attention(module, query, key, value, *args, **kwargs):
-    raise _Captured(query.detach().clone(), key.detach().clone(), value.detach().clone())
+def probe_attention(module, query, key, value, *args, **kwargs):
+    raise Captured(query.detach().clone(), key.detach().clone(), value.detach().clone())
 
 
-def _cpu_copy(module: nn.Module, seed: int) -> nn.Module:
+def cpu_copy(module: nn.Module, seed: int) -> nn.Module:
     probe = copy.deepcopy(module).to_empty(device="cpu").float()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -148,8 +149,11 @@ def _plain_linears(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: c for n, c in module.named_children() if type(c) is nn.Linear}
 
 
-def _call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None):
-    """Run an attention module's forward with the probe attention; (q, k, v) the attention saw."""
+def call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None,
+                    positions: torch.Tensor | None = None, capture: bool = True):
+    """Run an attention module's forward with the probe attention; (q, k, v) the attention saw
+    (or, with `capture=False` and an attention function that returns, the forward's output).
+    Position 0 everywhere (rotary is the identity) unless `positions` ([1, tokens]) says otherwise."""
     tokens = x.shape[1]
     params = inspect.signature(probe.forward).parameters
     kwargs = {}
@@ -157,7 +161,7 @@ def _call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None)
     if not names:
         raise TypeError("forward takes no named hidden-states argument")
     kwargs[names[0]] = x
-    pos = torch.zeros(1, tokens, dtype=torch.long)  # position 0 everywhere: rotary is the identity
+    pos = torch.zeros(1, tokens, dtype=torch.long) if positions is None else positions
     if "position_embeddings" in params:
         cos_sin = None
         if rotary is not None:
@@ -176,9 +180,11 @@ def _call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None)
         if n not in kwargs and p.default is inspect.Parameter.empty:
             kwargs[n] = None
     try:
-        probe(**kwargs)
-    except _Captured as done:
+        out = probe(**kwargs)
+    except Captured as done:
         return done.qkv
+    if not capture:
+        return out
     raise RuntimeError("the forward returned without calling the attention function")
 
 
@@ -201,8 +207,8 @@ def _measure_qkv(module: nn.Module, linears: dict[str, nn.Linear], rotary) -> QK
 
     if len(linears) < 3:
         return QKVMaths(None, reason="fewer than three plain Linear children")
-    AttentionInterface.register(PROBE_KEY, _probe_attention)
-    probe = _cpu_copy(module, seed=11)
+    AttentionInterface.register(PROBE_KEY, probe_attention)
+    probe = cpu_copy(module, seed=11)
     config = getattr(probe, "config", None)
     if config is None or not hasattr(config, "_attn_implementation"):
         return QKVMaths(None, reason="no config to point at a probe attention")
@@ -215,7 +221,7 @@ def _measure_qkv(module: nn.Module, linears: dict[str, nn.Linear], rotary) -> QK
                for n in linears]
     try:
         try:
-            base = _call_attention(probe, x, rotary)
+            base = call_attention(probe, x, rotary)
         except Exception as exc:
             return QKVMaths(None, reason=f"could not be run on a sample input ({type(exc).__name__}: {exc})"[:200])
         before = [n for n, _ in calls]
@@ -226,7 +232,7 @@ def _measure_qkv(module: nn.Module, linears: dict[str, nn.Linear], rotary) -> QK
                 saved = [p.detach().clone() for p in lin.parameters()]
                 for p in lin.parameters():
                     p.zero_()
-                changed = [r for r, a, b in zip("qkv", base, _call_attention(probe, x, rotary)) if not torch.equal(a, b)]
+                changed = [r for r, a, b in zip("qkv", base, call_attention(probe, x, rotary)) if not torch.equal(a, b)]
                 for p, s in zip(lin.parameters(), saved):
                     p.copy_(s)
                 if len(changed) > 1:
@@ -276,7 +282,7 @@ def _measure_mlp(module: nn.Module, linears: dict[str, nn.Linear]) -> MLPMaths:
     others = [n for n, c in module.named_children() if n not in linears and any(True for _ in c.parameters())]
     if others or any(True for _ in module.parameters(recurse=False)):
         return MLPMaths(None, None, reason="holds parameters outside its Linear children")
-    probe = _cpu_copy(module, seed=21)
+    probe = cpu_copy(module, seed=21)
     width = {l.in_features for l in linears.values()}
     outs = {}
     for w in sorted(width):

@@ -34,6 +34,8 @@ class ReplaceContext:
     # -- fusion hook (backend/fuse.py) --
     fuse: bool = False  # merge q/k/v and gate/up into vLLM's fused layers before the one-to-one swap
     fusion: object = None  # the FusionPlan the pass produced (checkpoint shards, records)
+    cpu_norm_kernel: bool = False  # x*w norms run vLLM's `_C.rms_norm` in eager CPU steps (backend/norms.py)
+    device_type: str = ""  # where the model runs; "cpu" lets eager steps rotate q/k with vLLM's kernel (rope.py)
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -120,11 +122,15 @@ def replace_modules(
     """
     records: list[ReplacementRecord] = []
     # -- fusion hook (backend/fuse.py): q/k/v and gate/up merged first, recorded as "fused" --
-    fusion = None
+    fusion = rope = None
     if ctx.fuse:
         from hfvllm_lab.backend.fuse import fuse_modules
+        from hfvllm_lab.backend.rope import plan_rope
 
         attention = {n: m for n, m in model.named_modules() if dispatches_through_interface(type(m))}
+        # checked on the HF attention modules as built, before the q/k/v fusion changes them
+        rope = plan_rope(attention, [m for m in model.modules() if "rotary" in type(m).__name__.lower()],
+                         ctx.device_type)
         fusion = ctx.fusion = fuse_modules(model, ctx, tp_style, vllm_prefix=vllm_prefix, base_prefix=base_prefix,
                                          attention_modules=attention)
 
@@ -158,10 +164,10 @@ def replace_modules(
                 if maths.convention is None:
                     records.append(_record(name, NORM, KEPT, child, reason=maths.reason))
                 else:
-                    new = build_vllm_norm(maths)
-                    records.append(
-                        _record(name, NORM, REPLACED, child, new, reason=f"{maths.convention}, width {maths.width}")
-                    )
+                    new = build_vllm_norm(maths, cpu_kernel=ctx.cpu_norm_kernel)
+                    kernel = " (eager CPU: _C.rms_norm)" if type(new).__name__ == "KernelRMSNorm" else ""
+                    records.append(_record(name, NORM, REPLACED, child, new,
+                                           reason=f"{maths.convention}{kernel}, width {maths.width}"))
             elif is_packed_experts(child):
                 from hfvllm_lab.backend.moe import LabFusedExperts, describe_routing, plan_experts
 
@@ -179,9 +185,10 @@ def replace_modules(
                                 f"intermediate {plan.intermediate_size}; {describe_routing(parent, child, ctx.config)}"),
                     ))
             elif "rotary" in type(child).__name__.lower():
-                records.append(
-                    _record(name, ROTARY, KEPT, child, reason="position embeddings stay HF: computed from buffers")
-                )
+                reason = "position embeddings stay HF: computed from buffers"
+                if rope is not None:
+                    reason += f"; {rope.reason}" if rope.engaged else f"; rotation stays HF: {rope.reason}"
+                records.append(_record(name, ROTARY, KEPT, child, reason=reason))
             else:
                 if any(True for _ in child.parameters(recurse=False)) and not dispatches_through_interface(type(child)):
                     reason = "holds parameters but is not a Linear, norm or embedding: runs as HF"

@@ -38,7 +38,8 @@ class HiddenCapture:
             tensor = first_tensor(output)
             if tensor is None or name in self.outputs:
                 return
-            tensor = tensor.detach().float().cpu()
+            # a copy: later in-place work (the rotary kernel rotates q/k slices in place) must not reach it
+            tensor = tensor.detach().to("cpu", torch.float32, copy=True)
             if tensor.dim() >= 3 and tensor.shape[0] == 1:  # HF: [1, tokens, hidden]
                 tensor = tensor[0]
             self.outputs[name] = tensor.reshape(tensor.shape[0], -1)

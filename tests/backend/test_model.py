@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from torch.profiler import ProfilerActivity, profile
 
 from hfvllm_lab import zoo
-from hfvllm_lab.backend.records import EMBEDDING, FUSED, KEPT, LINEAR, LM_HEAD, NORM, REPLACED, TIED
+from hfvllm_lab.backend.records import EMBEDDING, FUSED, KEPT, LINEAR, LM_HEAD, NORM, REPLACED, ROTARY, TIED
 from hfvllm_lab.parity import compare_generations
 from tests.conftest import engine_settings, hf_module_counts, hf_parameter_bytes
 
 MAX_TOKENS = 16
+KERNELS = ("_C::rms_norm", "_C::rotary_embedding")
 
 
 @pytest.fixture(scope="module", params=zoo.names())
@@ -26,11 +28,14 @@ def run(request, prompts):
             lambda m: m.hf.get_output_embeddings().weight.data_ptr()
             == m.hf.get_input_embeddings().weight.data_ptr()
         )[0]
-        vllm_out = path.generate(prompts, MAX_TOKENS)
+        # the engine runs in this process (conftest): the profiler sees the kernels the steps called
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            vllm_out = path.generate(prompts, MAX_TOKENS)
+        kernels = {e.key: e.count for e in prof.key_averages() if e.key in KERNELS}
     hf = HfPath(model_dir)
     hf_out = hf.generate(prompts, MAX_TOKENS)
     hf.close()
-    return dict(name=name, report=report, tied=tied, vllm=vllm_out, hf=hf_out)
+    return dict(name=name, report=report, tied=tied, vllm=vllm_out, hf=hf_out, kernels=kernels)
 
 
 def test_prompts_differ_in_length(prompts):
@@ -74,7 +79,9 @@ def test_norm_records_carry_width_and_convention(run):
     norms = {r.name: r for r in run["report"].records if r.kind == NORM and r.action != KEPT}
     gemma_style = zoo.spec(run["name"]).model_type.startswith("gemma")
     for r in norms.values():
-        assert r.new_class == ("GemmaRMSNorm" if gemma_style else "RMSNorm")
+        # on the CPU, x*w norms run vLLM's C kernel in eager steps (backend/norms.py), and say so
+        assert r.new_class == ("GemmaRMSNorm" if gemma_style else "KernelRMSNorm")
+        assert ("_C.rms_norm" in r.reason) == (not gemma_style)
         assert r.reason.endswith(f"width {r.shape[0]}")
     if run["name"] == "qwen3":
         assert norms["model.layers.0.self_attn.q_norm"].shape == (32,)
@@ -125,3 +132,17 @@ def test_attention_specs_follow_the_hf_modules(run):
         assert "scale 2 (div config.logits_scaling)" in run["report"].summary()
     if run["name"] == "cohere":
         assert run["report"].logits["scale"] == 0.5
+
+
+def test_eager_cpu_steps_run_the_kernels_the_records_name(run):
+    """KernelRMSNorm and the rotary dispatch are claims in the log: the engine's steps must make them."""
+    records = run["report"].records
+    norms = sum(r.new_class == "KernelRMSNorm" for r in records)
+    rotated = any(r.kind == ROTARY and "rotate q/k with vLLM's _C.rotary_embedding" in r.reason for r in records)
+    calls = run["kernels"]
+    assert (calls.get("_C::rms_norm", 0) > 0) == (norms > 0), (run["name"], calls)
+    assert (calls.get("_C::rotary_embedding", 0) > 0) == rotated, (run["name"], calls)
+    if rotated:  # one call per attention layer per step, no layer left on transformers' ops
+        assert calls["_C::rotary_embedding"] % len(run["report"].attention) == 0
+    if run["name"] == "llama":  # the default family engages both
+        assert norms and rotated
