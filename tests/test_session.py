@@ -116,13 +116,15 @@ def test_profile_splits_prefill_and_decode_and_sums_within_the_step(session):
 
 def test_profile_leaves_no_hooks_behind(session):
     def hooks(model):
-        count = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-        return count, "compute_logits" in vars(model)
+        fns = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+        return sorted(getattr(f, "__name__", type(f).__name__) for f in fns), "compute_logits" in vars(model)
 
     before = session.engine.apply_model(hooks)[0]
     session.profile(["Hello"], max_tokens=2, warmup=0)
     assert session.engine.apply_model(hooks)[0] == before
-    assert before == (1, False)  # only the attention probe's forward counter
+    # only the build's own: the attention probe's forward counter and, on the CPU, the rotary
+    # module's table hook that feeds vLLM's rotary kernel (backend/rope.py)
+    assert len(before[0]) == 2 and "remember_tables" in before[0] and before[1] is False, before
 
 
 def test_compare_against_itself_reports_zero_difference(session):
