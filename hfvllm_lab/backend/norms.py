@@ -79,14 +79,19 @@ def _measure(module: nn.Module, width: int, eps: float) -> NormMaths:
     return NormMaths(None, eps, width, "computes neither x*w nor x*(1+w) RMS normalisation")
 
 
-def cpu_norm_kernel_available() -> bool:
-    """vLLM's CPU extension registers `_C::rms_norm` for the CPU (its IR op table does not pick it there)."""
+def vllm_cpu_kernel(op: str) -> bool:
+    """Whether vLLM's C extension registers `op` (e.g. "_C::rms_norm") with a CPU kernel."""
     try:
         import vllm._custom_ops  # noqa: F401  (loads the _C library)
 
-        return torch._C._dispatch_has_kernel_for_dispatch_key("_C::rms_norm", "CPU")
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
     except Exception:
         return False
+
+
+def cpu_norm_kernel_available() -> bool:
+    """vLLM's CPU extension registers `_C::rms_norm` for the CPU (its IR op table does not pick it there)."""
+    return vllm_cpu_kernel("_C::rms_norm")
 
 
 def build_vllm_norm(maths: NormMaths, *, cpu_kernel: bool = False) -> nn.Module:

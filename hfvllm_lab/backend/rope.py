@@ -92,13 +92,9 @@ def dispatching(original):
 
 
 def kernel_available(device_type: str) -> bool:
-    try:
-        import vllm._custom_ops  # noqa: F401  (loads the _C library)
+    from hfvllm_lab.backend.norms import vllm_cpu_kernel
 
-        return device_type == "cpu" and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "_C::rotary_embedding", "CPU")
-    except Exception:
-        return False
+    return device_type == "cpu" and vllm_cpu_kernel("_C::rotary_embedding")
 
 
 @dataclass(frozen=True)
