@@ -32,6 +32,21 @@ def test_auto_dtype_follows_the_checkpoint(session):
     assert "checkpoint" in session.dtype_reason and "bfloat16" in session.dtype_reason
 
 
+def test_a_bf16_checkpoint_is_fused_and_rotated_by_the_kernel(session):
+    """The sample checks run in float32 whatever dtype the engine builds in (they once failed on
+    every bf16 checkpoint, which then ran unfused)."""
+    from hfvllm_lab.vocab import ATTENTION, FUSED, ROTARY
+
+    records = session.replacements.records
+    layers = len([r for r in records if r.kind == ATTENTION])
+    fused = [r for r in records if r.action == FUSED]
+    assert layers == 30 and sorted({r.name.rsplit(".", 1)[-1] for r in fused}) == ["gate_up_proj", "qkv_proj"]
+    assert len(fused) == 2 * layers
+    assert not [r for r in records if "not fused" in r.reason]
+    rotary = [r for r in records if r.kind == ROTARY]
+    assert rotary and "_C.rotary_embedding" in rotary[0].reason and "stays HF" not in rotary[0].reason
+
+
 def test_lab_in_bf16_is_within_noise_with_both_floors(clean):
     teacher = clean.teacher
     assert clean.verdict.status == "within noise", clean.verdict

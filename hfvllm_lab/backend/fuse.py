@@ -19,9 +19,11 @@ Turned off, with the CPU norm and rotary kernels (norms.py, rope.py), by
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -136,6 +138,18 @@ def probe_attention(module, query, key, value, *args, **kwargs):
     raise Captured(query.detach().clone(), key.detach().clone(), value.detach().clone())
 
 
+@contextlib.contextmanager
+def float32_samples() -> Iterator[None]:
+    """Sample checks run in float32: vLLM builds a bf16 model with bf16 as torch's default dtype,
+    and tensors a forward makes without a dtype would otherwise not match the float32 copy."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 def cpu_copy(module: nn.Module, seed: int) -> nn.Module:
     probe = copy.deepcopy(module).to_empty(device="cpu").float()
     gen = torch.Generator().manual_seed(seed)
@@ -198,7 +212,8 @@ def classify_qkv(module: nn.Module, rotary: nn.Module | None) -> QKVMaths:
     linears = _plain_linears(module)
     key = (type(module), tuple((n, tuple(l.weight.shape), l.bias is not None) for n, l in linears.items()))
     if key not in _QKV_CACHE:
-        _QKV_CACHE[key] = _measure_qkv(module, linears, rotary)
+        with float32_samples():
+            _QKV_CACHE[key] = _measure_qkv(module, linears, rotary)
     return _QKV_CACHE[key]
 
 
@@ -272,7 +287,8 @@ def classify_mlp(module: nn.Module) -> MLPMaths:
     linears = _plain_linears(module)
     key = (type(module), tuple((n, tuple(l.weight.shape), l.bias is not None) for n, l in linears.items()))
     if key not in _MLP_CACHE:
-        _MLP_CACHE[key] = _measure_mlp(module, linears)
+        with float32_samples():
+            _MLP_CACHE[key] = _measure_mlp(module, linears)
     return _MLP_CACHE[key]
 
 
@@ -419,8 +435,10 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
 
     maths = classify_mlp(module)
     linears = _plain_linears(module)
-    if maths.gate is None:
-        return  # not an MLP of this shape: its Linears are recorded by the replace pass as usual
+    if maths.gate is None:  # its Linears are swapped one to one by the replace pass, with the reason
+        for n in linears:
+            plan.not_fused[f"{name}.{n}"] = f"not fused: {maths.reason}"
+        return
     gate, up, down = linears[maths.gate], linears[maths.up] if maths.up else None, linears[maths.down]
     sources = [f"{name}.{maths.gate}"] + ([f"{name}.{maths.up}"] if maths.up else [])
     if not _styles_ok(sources, ctx, tp_style, base_prefix):

@@ -55,7 +55,10 @@ def classify_norm(module: nn.Module) -> NormMaths:
     width = weight.shape[0]
     key = (type(module), width, eps)
     if key not in _CACHE:
-        _CACHE[key] = _measure(module, width, eps)
+        from hfvllm_lab.backend.fuse import float32_samples
+
+        with float32_samples():
+            _CACHE[key] = _measure(module, width, eps)
     return _CACHE[key]
 
 

@@ -155,6 +155,13 @@ def _sample_attention(module, query, key, value, attention_mask, scaling=None, *
 
 
 def _check_on_sample(module: nn.Module, rotary: nn.Module) -> str:
+    from hfvllm_lab.backend.fuse import float32_samples
+
+    with float32_samples():
+        return _run_sample(module, rotary)
+
+
+def _run_sample(module: nn.Module, rotary: nn.Module) -> str:
     """'' when the attention module's output matches with and without the kernel path, and the
     kernel served exactly one call: later uses of q/k (the kernel rotates them in place) show too."""
     import copy

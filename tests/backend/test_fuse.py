@@ -92,6 +92,38 @@ def test_qkv_roles_and_shared_input_are_measured():
     assert swapped.roles == {"q_proj": "v", "k_proj": "k", "v_proj": "q"}
 
 
+def test_a_bf16_build_is_checked_in_float32(monkeypatch):
+    """vLLM builds a bf16 checkpoint with bf16 as torch's default dtype; the sample checks run on
+    float32 copies and must not pick up that default (they did, and a bf16 SmolLM2 ran unfused)."""
+    from hfvllm_lab.backend import fuse, norms, rope
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    monkeypatch.setattr(fuse, "_QKV_CACHE", {})
+    monkeypatch.setattr(fuse, "_MLP_CACHE", {})
+    monkeypatch.setattr(norms, "_CACHE", {})
+    monkeypatch.setattr(rope, "_CHECKED", {})
+    config = AutoConfig.from_pretrained(zoo.path("llama"))
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # as vLLM's model loader does while it builds
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        rotary = type(model.model.rotary_emb)(config)  # its buffers are real by the time of the checks
+        layer = model.model.layers[0]
+        qkv = classify_qkv(layer.self_attn, rotary)
+        mlp = classify_mlp(layer.mlp)
+        norm = norms.classify_norm(layer.input_layernorm)
+        rotation = rope.plan_rope({"a": layer.self_attn}, [rotary], "cpu")
+        assert torch.get_default_dtype() == torch.bfloat16  # given back as found
+    finally:
+        torch.set_default_dtype(saved)
+        rope.forget_tables()
+    assert qkv.roles == {"q_proj": "q", "k_proj": "k", "v_proj": "v"}, qkv.reason
+    assert mlp.gate == "gate_proj" and mlp.activation == "silu", mlp.reason
+    assert norm.convention is not None, norm.reason
+    assert rotation.engaged, rotation.reason
+
+
 # -- in the engine: fused vs unfused --------------------------------------------------------------
 def _run(name: str, fuse: bool, prompts):
     from hfvllm_lab.backend import ARCH
