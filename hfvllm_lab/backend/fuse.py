@@ -19,11 +19,7 @@ Turned off, with the CPU norm and rotary kernels (norms.py, rope.py), by
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import inspect
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hfvllm_lab.backend.records import FUSED, LINEAR, ReplacementRecord
+from hfvllm_lab.backend.samples import call_attention, cpu_copy, float32_samples, looks_like_rotary, probe_attention
 
 ENV = "HFVLLM_LAB_FUSE"
 CONFIG_FLAG = "lab_fuse"  # an hf_overrides key: {"lab_fuse": False}
@@ -129,77 +126,8 @@ class MLPMaths:
     reason: str = ""
 
 
-class Captured(Exception):
-    def __init__(self, query, key, value) -> None:
-        self.qkv = (query, key, value)
-
-
-def probe_attention(module, query, key, value, *args, **kwargs):
-    raise Captured(query.detach().clone(), key.detach().clone(), value.detach().clone())
-
-
-@contextlib.contextmanager
-def float32_samples() -> Iterator[None]:
-    """Sample checks run in float32: vLLM builds a bf16 model with bf16 as torch's default dtype,
-    and tensors a forward makes without a dtype would otherwise not match the float32 copy."""
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
-
-
-def cpu_copy(module: nn.Module, seed: int) -> nn.Module:
-    probe = copy.deepcopy(module).to_empty(device="cpu").float()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim > 1 else 0.5) + (1.0 if p.ndim == 1 else 0))
-    return probe
-
-
 def _plain_linears(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: c for n, c in module.named_children() if type(c) is nn.Linear}
-
-
-def call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None,
-                    positions: torch.Tensor | None = None, capture: bool = True):
-    """Run an attention module's forward with the probe attention; (q, k, v) the attention saw
-    (or, with `capture=False` and an attention function that returns, the forward's output).
-    Position 0 everywhere (rotary is the identity) unless `positions` ([1, tokens]) says otherwise."""
-    tokens = x.shape[1]
-    params = inspect.signature(probe.forward).parameters
-    kwargs = {}
-    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not names:
-        raise TypeError("forward takes no named hidden-states argument")
-    kwargs[names[0]] = x
-    pos = torch.zeros(1, tokens, dtype=torch.long) if positions is None else positions
-    if "position_embeddings" in params:
-        cos_sin = None
-        if rotary is not None:
-            try:
-                cos_sin = rotary(x, pos)
-            except Exception:
-                cos_sin = None
-        if cos_sin is None:
-            head = getattr(probe, "head_dim", None) or 1
-            cos_sin = (torch.ones(1, tokens, head), torch.zeros(1, tokens, head))
-        kwargs["position_embeddings"] = cos_sin
-    if "position_ids" in params:
-        kwargs["position_ids"] = pos
-    for n in names[1:]:
-        p = params[n]
-        if n not in kwargs and p.default is inspect.Parameter.empty:
-            kwargs[n] = None
-    try:
-        out = probe(**kwargs)
-    except Captured as done:
-        return done.qkv
-    if not capture:
-        return out
-    raise RuntimeError("the forward returned without calling the attention function")
 
 
 _QKV_CACHE: dict[tuple, QKVMaths] = {}
@@ -362,7 +290,7 @@ def fuse_modules(model: nn.Module, ctx, tp_style, *, vllm_prefix: str, base_pref
     a Linear's tensor-parallel style; groups whose members are not all column-parallel (or all
     replicated at TP 1) are left unfused."""
     plan = FusionPlan()
-    rotary = next((m for m in model.modules() if "rotary" in type(m).__name__.lower()), None)
+    rotary = next((m for m in model.modules() if looks_like_rotary(m)), None)
     attention_ids = {id(m) for m in attention_modules.values()}
     for name, module in list(model.named_modules()):
         if id(module) in attention_ids:
@@ -507,47 +435,3 @@ class ShardLoader:
 
     def missing(self) -> list[str]:
         return sorted(m for members in self.members.values() for m in members if m not in self.seen)
-
-
-# -- compiled mode ------------------------------------------------------------------------------
-# vLLM compiles a model class that opts in with `@support_torch_compile` (its own Llama decorates
-# LlamaModel; its Transformers backend decorates transformers' decoder class in place, which
-# patches transformers for the whole process). The lab decorates a class of its own instead: a
-# stack that runs the HF base model on vLLM's flattened batch. LabForCausalLM keeps its plain
-# nn.Module __call__ (so the Session's step hooks still fire) and calls the stack inside.
-_STACK_CLASS = None
-
-
-def compiled_stack_class() -> type:
-    global _STACK_CLASS
-    if _STACK_CLASS is None:
-        from vllm.compilation.decorators import support_torch_compile
-
-        @support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0})
-        class LabCompiledStack(nn.Module):
-            """The HF base model on [tokens] inputs, compiled by vLLM (enforce_eager=False)."""
-
-            def __init__(self, *, vllm_config, prefix: str = "", base: nn.Module | None = None) -> None:
-                super().__init__()
-                object.__setattr__(self, "_lab_base", base)  # referenced, not registered twice
-
-            def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
-                        intermediate_tensors=None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-                if inputs_embeds is not None:
-                    inputs = {"inputs_embeds": inputs_embeds[None]}
-                else:
-                    inputs = {"input_ids": input_ids[None]}
-                out = self._lab_base(**inputs, position_ids=positions[None], use_cache=False, return_dict=True)
-                return out.last_hidden_state[0]
-
-        _STACK_CLASS = LabCompiledStack
-    return _STACK_CLASS
-
-
-def build_compiled_stack(vllm_config, base: nn.Module) -> nn.Module | None:
-    """The compiled stack when vLLM compiles this engine (enforce_eager=False), else None."""
-    from vllm.config import CompilationMode
-
-    if vllm_config.compilation_config.mode == CompilationMode.NONE:
-        return None
-    return compiled_stack_class()(vllm_config=vllm_config, prefix="hf", base=base)

@@ -28,7 +28,8 @@ from hfvllm_lab.backend.records import (
     PhaseBytes,
     ReplacementRecord,
 )
-from hfvllm_lab.backend.fuse import build_compiled_stack, fusion_enabled
+from hfvllm_lab.backend.compiled import build_compiled_stack
+from hfvllm_lab.backend.fuse import fusion_enabled
 from hfvllm_lab.backend.norms import cpu_norm_kernel_available
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
@@ -427,7 +428,7 @@ class LabForCausalLM(nn.Module):
         )
         self._names = name_map_for(hf, ROOT)
         self.lab_attention_mode = "vllm"
-        # compiled-mode hook (backend/fuse.py): vLLM compiles this stack when enforce_eager=False
+        # compiled-mode hook (backend/compiled.py): vLLM compiles this stack when enforce_eager=False
         object.__setattr__(self, "_lab_stack", build_compiled_stack(vllm_config, base))
         self.lab_compiled = self._lab_stack is not None
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfvllm_lab.backend.samples import float32_samples
+
 PLAIN, OFFSET = "x*w", "x*(1+w)"
 
 
@@ -55,8 +57,6 @@ def classify_norm(module: nn.Module) -> NormMaths:
     width = weight.shape[0]
     key = (type(module), width, eps)
     if key not in _CACHE:
-        from hfvllm_lab.backend.fuse import float32_samples
-
         with float32_samples():
             _CACHE[key] = _measure(module, width, eps)
     return _CACHE[key]

@@ -22,6 +22,7 @@ from hfvllm_lab.backend.records import (
     ROTARY,
     ReplacementRecord,
 )
+from hfvllm_lab.backend.samples import looks_like_rotary
 
 
 @dataclass
@@ -129,7 +130,7 @@ def replace_modules(
 
         attention = {n: m for n, m in model.named_modules() if dispatches_through_interface(type(m))}
         # checked on the HF attention modules as built, before the q/k/v fusion changes them
-        rope = plan_rope(attention, [m for m in model.modules() if "rotary" in type(m).__name__.lower()],
+        rope = plan_rope(attention, [m for m in model.modules() if looks_like_rotary(m)],
                          ctx.device_type)
         fusion = ctx.fusion = fuse_modules(model, ctx, tp_style, vllm_prefix=vllm_prefix, base_prefix=base_prefix,
                                          attention_modules=attention)
@@ -184,7 +185,7 @@ def replace_modules(
                         reason=(f"vLLM fused MoE: {plan.num_experts} experts, top-{plan.top_k}, {plan.activation}(gate)*up, "
                                 f"intermediate {plan.intermediate_size}; {describe_routing(parent, child, ctx.config)}"),
                     ))
-            elif "rotary" in type(child).__name__.lower():
+            elif looks_like_rotary(child):
                 reason = "position embeddings stay HF: computed from buffers"
                 if rope is not None:
                     reason += f"; {rope.reason}" if rope.engaged else f"; rotation stays HF: {rope.reason}"

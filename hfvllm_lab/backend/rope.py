@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hfvllm_lab.backend.samples import call_attention, cpu_copy, float32_samples
+
 FUNCTION = "apply_rotary_pos_emb"
 
 
@@ -155,8 +157,6 @@ def _sample_attention(module, query, key, value, attention_mask, scaling=None, *
 
 
 def _check_on_sample(module: nn.Module, rotary: nn.Module) -> str:
-    from hfvllm_lab.backend.fuse import float32_samples
-
     with float32_samples():
         return _run_sample(module, rotary)
 
@@ -168,7 +168,6 @@ def _run_sample(module: nn.Module, rotary: nn.Module) -> str:
 
     from transformers import AttentionInterface
 
-    from hfvllm_lab.backend.fuse import call_attention, cpu_copy
 
     AttentionInterface.register(RUN_KEY, _sample_attention)
     probe = cpu_copy(module, seed=31)
