@@ -15,6 +15,7 @@ EXPERTS = "experts"  # a packed MoE experts module (transformers 5: experts.gate
 REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"
 # "fused": several HF modules merged into one vLLM layer (the record's `fused_from` names them).
 FUSED = "fused"
+NOT_FUSED = "not fused: "  # how a projection's record reason starts when its group was left unfused
 ACTIONS = (REPLACED, FUSED, TIED, ROUTED, KEPT)
 # A node of the module tree has an action, or is "skipped": not a candidate (containers, activations).
 SKIPPED = "skipped"

@@ -28,6 +28,7 @@ from torch import nn
 
 from hfvllm_lab.backend.records import FUSED, LINEAR, ReplacementRecord
 from hfvllm_lab.backend.samples import call_attention, cpu_copy, float32_samples, looks_like_rotary, probe_attention
+from hfvllm_lab.vocab import NOT_FUSED
 
 ENV = "HFVLLM_LAB_FUSE"
 CONFIG_FLAG = "lab_fuse"  # an hf_overrides key: {"lab_fuse": False}
@@ -316,18 +317,18 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
     maths = classify_qkv(module, rotary)
     if maths.roles is None:
         for n in linears:
-            plan.not_fused[f"{name}.{n}"] = f"not fused: {maths.reason}"
+            plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason
         return
     members = {maths.roles[n]: n for n in maths.order}  # "q" -> child name
     full = [f"{name}.{members[r]}" for r in "qkv"]
     if not _styles_ok(full, ctx, tp_style, base_prefix):
         for n in full:
-            plan.not_fused[n] = "not fused: q/k/v tensor-parallel styles differ from column-parallel"
+            plan.not_fused[n] = NOT_FUSED + "q/k/v tensor-parallel styles differ from column-parallel"
         return
     lins = [linears[members[r]] for r in "qkv"]
     if len({l.bias is not None for l in lins}) != 1:
         for n in full:
-            plan.not_fused[n] = "not fused: q/k/v disagree on bias"
+            plan.not_fused[n] = NOT_FUSED + "q/k/v disagree on bias"
         return
     child = "qkv_proj" if not hasattr(module, "qkv_proj") else "lab_qkv_proj"
     fused_name = f"{name}.{child}"
@@ -365,17 +366,17 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
     linears = _plain_linears(module)
     if maths.gate is None:  # its Linears are swapped one to one by the replace pass, with the reason
         for n in linears:
-            plan.not_fused[f"{name}.{n}"] = f"not fused: {maths.reason}"
+            plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason
         return
     gate, up, down = linears[maths.gate], linears[maths.up] if maths.up else None, linears[maths.down]
     sources = [f"{name}.{maths.gate}"] + ([f"{name}.{maths.up}"] if maths.up else [])
     if not _styles_ok(sources, ctx, tp_style, base_prefix):
         for n in sources:
-            plan.not_fused[n] = "not fused: gate/up tensor-parallel styles differ from column-parallel"
+            plan.not_fused[n] = NOT_FUSED + "gate/up tensor-parallel styles differ from column-parallel"
         return
     if up is not None and (gate.bias is None) != (up.bias is None):
         for n in sources:
-            plan.not_fused[n] = "not fused: gate and up disagree on bias"
+            plan.not_fused[n] = NOT_FUSED + "gate and up disagree on bias"
         return
     inter = gate.out_features // 2 if up is None else gate.out_features
     child = "gate_up_proj"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hfvllm_lab.vocab import ACTIONS, NESTED_KINDS, STATUSES, STEP_PHASES
+from hfvllm_lab.vocab import ACTIONS, NESTED_KINDS, NOT_FUSED, STATUSES, STEP_PHASES
 
 # Replacement-tree statuses and record actions (records have no "skipped"), in display order.
 STATUS_ORDER = STATUSES
@@ -176,6 +176,20 @@ def count_rows(log) -> tuple[list[str], list[tuple[str, dict[str, int], int, str
     rows = [(cls, per, sum(per.values()), ", ".join(sorted(new.get(cls, ()))))
             for cls, per in sorted(counts.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))]
     return actions, rows
+
+
+def not_fused_rows(log) -> list[list[str]]:
+    """Why projections were left unfused: [reason, how many modules, the first one], most first."""
+    groups: dict[str, list[str]] = {}
+    for r in log.records:
+        if r.reason.startswith(NOT_FUSED):
+            groups.setdefault(r.reason.removeprefix(NOT_FUSED), []).append(r.name)
+    return [[reason, str(len(names)), names[0]] for reason, names in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+
+
+def not_fused_heading(rows: list[list[str]]) -> str:
+    n = sum(int(r[1]) for r in rows)
+    return f"Not fused ({n} projection{'' if n == 1 else 's'}):"
 
 
 def timing_phases(timing) -> list[str]:

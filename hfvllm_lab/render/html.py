@@ -33,6 +33,8 @@ from hfvllm_lab.render.format import (
     fmt_pct,
     fmt_sci,
     fmt_seconds,
+    not_fused_heading,
+    not_fused_rows,
     prompt_max_diff,
     step_cells,
     timing_phases,
@@ -145,6 +147,10 @@ def replacement_log_html(log) -> str:
             body.append(table(["module", "kind", "class", "reason"],
                               [[r.name, r.kind, r.original_class, fmt_opt(r.reason)] for r in kept],
                               css_class="hvl-kept-records"))
+        unfused = not_fused_rows(log)
+        if unfused:
+            body.append(_p(not_fused_heading(unfused)))
+            body.append(table(["reason", "modules", "first"], unfused, align="lrl", css_class="hvl-not-fused"))
     else:
         body.append(_p("no replacement candidates recorded"))
     if log.tree:

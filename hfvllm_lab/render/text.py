@@ -21,6 +21,8 @@ from hfvllm_lab.render.format import (
     fmt_pct,
     fmt_sci,
     fmt_seconds,
+    not_fused_heading,
+    not_fused_rows,
     ordered_keys,
     prompt_max_diff,
     quoted,
@@ -67,6 +69,11 @@ def replacement_log_text(log) -> str:
                                 [[r.name, r.kind, r.original_class, fmt_opt(r.reason)] for r in kept]))
     else:
         lines.append("Kept: none")
+    unfused = not_fused_rows(log)
+    if unfused:
+        lines.append("")
+        lines.append(not_fused_heading(unfused))
+        lines.append(text_table(["reason", "modules", "first"], unfused, align="lrl"))
     lines.append(RULE)
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ ROTARY_REASON = "position embeddings stay HF: computed from buffers"
 SUBCLASS_REASON = "subclass of nn.Linear with its own forward"
 
 
+NOT_FUSED_REASON = "not fused: q/k/v are not each called once on the same input tensor"
 FUSED_REASON = "LlamaMLP computes down(silu(gate(x)) * up(x)): gate/up in one matmul, then vLLM's SiluAndMul"
 
 
@@ -29,7 +30,7 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
         ("model.layers.0", 2, "LlamaDecoderLayer", "LlamaDecoderLayer", "skipped", 24576, ""),
         ("model.layers.0.self_attn", 3, "LlamaAttention", "LlamaAttention", "routed", 8192,
          "paged attention through vLLM Attention (CPU_ATTN)"),
-        ("model.layers.0.self_attn.q_proj", 4, "ReplicatedLinear", "Linear", "replaced", 4096, ""),
+        ("model.layers.0.self_attn.q_proj", 4, "ReplicatedLinear", "Linear", "replaced", 4096, NOT_FUSED_REASON),
         ("model.layers.0.self_attn.o_proj", 4, "ReplicatedLinear", "Linear", "replaced", 4096, ""),
         ("model.layers.0.mlp", 3, "LlamaMLP", "LlamaMLP", "skipped", 16384, ""),
         ("model.layers.0.mlp.gate_up_proj", 4, "MergedColumnParallelLinear", "Linear", "fused", 8192, FUSED_REASON),
@@ -47,7 +48,7 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
         ReplacementRecord("model.layers.0.self_attn", "attention", "routed", "LlamaAttention", "Attention",
                           (), 8192, "paged attention through vLLM Attention (CPU_ATTN)"),
         ReplacementRecord("model.layers.0.self_attn.q_proj", "linear", "replaced", "Linear", "ReplicatedLinear",
-                          (64, 64), 4096),
+                          (64, 64), 4096, NOT_FUSED_REASON),
         ReplacementRecord("model.layers.0.self_attn.o_proj", "linear", "replaced", "Linear", "ReplicatedLinear",
                           (64, 64), 4096),
         ReplacementRecord("model.layers.0.mlp.gate_up_proj", "linear", "fused", "Linear",

@@ -71,6 +71,7 @@ def test_replacement_tree_colours_every_status():
     styles = {status: c.with_class(f"hvl-{status}")[0][2]["style"] for status in STATUSES}
     assert len(set(styles.values())) == len(STATUSES)  # a distinct colour each
     assert c.with_class("hvl-counts")
+    assert c.with_class("hvl-not-fused")  # why a projection group stayed unfused, grouped by reason
     # containers with children are collapsible
     assert len([e for e in c.elements if e[0] == "details" and "hvl-node" in e[1]]) == 5
 
