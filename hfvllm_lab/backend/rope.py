@@ -157,17 +157,16 @@ def _sample_attention(module, query, key, value, attention_mask, scaling=None, *
 
 
 def _check_on_sample(module: nn.Module, rotary: nn.Module) -> str:
-    with float32_samples():
+    """'' when the attention module's output matches with and without the kernel path, and the
+    kernel served exactly one call: later uses of q/k (the kernel rotates them in place) show too."""
+    with float32_samples():  # vLLM may be building in bf16 (torch's default dtype meanwhile)
         return _run_sample(module, rotary)
 
 
 def _run_sample(module: nn.Module, rotary: nn.Module) -> str:
-    """'' when the attention module's output matches with and without the kernel path, and the
-    kernel served exactly one call: later uses of q/k (the kernel rotates them in place) show too."""
     import copy
 
     from transformers import AttentionInterface
-
 
     AttentionInterface.register(RUN_KEY, _sample_attention)
     probe = cpu_copy(module, seed=31)
