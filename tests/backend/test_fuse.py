@@ -92,38 +92,6 @@ def test_qkv_roles_and_shared_input_are_measured():
     assert swapped.roles == {"q_proj": "v", "k_proj": "k", "v_proj": "q"}
 
 
-def test_a_bf16_build_is_checked_in_float32(monkeypatch):
-    """vLLM builds a bf16 checkpoint with bf16 as torch's default dtype; the sample checks run on
-    float32 copies and must not pick up that default (they did, and a bf16 SmolLM2 ran unfused)."""
-    from hfvllm_lab.backend import fuse, norms, rope
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    monkeypatch.setattr(fuse, "_QKV_CACHE", {})
-    monkeypatch.setattr(fuse, "_MLP_CACHE", {})
-    monkeypatch.setattr(norms, "_CACHE", {})
-    monkeypatch.setattr(rope, "_CHECKED", {})
-    config = AutoConfig.from_pretrained(zoo.path("llama"))
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # as vLLM's model loader does while it builds
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        rotary = type(model.model.rotary_emb)(config)  # its buffers are real by the time of the checks
-        layer = model.model.layers[0]
-        qkv = classify_qkv(layer.self_attn, rotary)
-        mlp = classify_mlp(layer.mlp)
-        norm = norms.classify_norm(layer.input_layernorm)
-        rotation = rope.plan_rope({"a": layer.self_attn}, [rotary], "cpu")
-        assert torch.get_default_dtype() == torch.bfloat16  # given back as found
-    finally:
-        torch.set_default_dtype(saved)
-        rope.forget_tables()
-    assert qkv.roles == {"q_proj": "q", "k_proj": "k", "v_proj": "v"}, qkv.reason
-    assert mlp.gate == "gate_proj" and mlp.activation == "silu", mlp.reason
-    assert norm.convention is not None, norm.reason
-    assert rotation.engaged, rotation.reason
-
-
 # -- in the engine: fused vs unfused --------------------------------------------------------------
 def _run(name: str, fuse: bool, prompts):
     from hfvllm_lab.backend import ARCH
@@ -161,3 +129,48 @@ def test_fused_build_matches_the_unfused_one_and_records_what_merged(name, promp
         assert fused_records["model.layers.0.mlp.gate_up_proj"].fused_from == ("model.layers.0.mlp.gate_up_proj",)
     gate_up = next(r for r in fused_records.values() if r.new_class == "MergedColumnParallelLinear")
     assert "SiluAndMul" in gate_up.reason
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_sample_checks_decide_the_same_in_a_bf16_build(name, monkeypatch):
+    """Every zoo family: the fusion, norm and rotary decisions of a bf16 build (torch's default
+    dtype bf16 while building, as under vLLM) equal those of a float32 build."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfvllm_lab.backend import fuse, norms, rope
+    from hfvllm_lab.backend.attention import dispatches_through_interface
+    from hfvllm_lab.backend.samples import looks_like_rotary
+
+    config = AutoConfig.from_pretrained(zoo.path(name))
+
+    def decide(dtype: torch.dtype) -> list:
+        for module, cache in ((fuse, "_QKV_CACHE"), (fuse, "_MLP_CACHE"), (norms, "_CACHE"), (rope, "_CHECKED")):
+            monkeypatch.setattr(module, cache, {})
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            rotaries = [m for m in model.modules() if looks_like_rotary(m)]
+            attention = {n: m for n, m in model.named_modules() if dispatches_through_interface(type(m))}
+            out: list = []
+            for n, m in model.named_modules():
+                if n in attention:
+                    out.append((n, classify_qkv(m, rotaries[0] if rotaries else None)))
+                elif len(fuse._plain_linears(m)) in (2, 3) and not any(True for _ in m.parameters(recurse=False)):
+                    out.append((n, classify_mlp(m)))
+                elif norms.looks_like_norm(m):
+                    out.append((n, norms.classify_norm(m)))
+            plan = rope.plan_rope(attention, rotaries, "cpu")
+            out.append(("rotary", plan.engaged, plan.reason))
+            assert torch.get_default_dtype() == dtype  # the checks give the build's default back
+            return out
+        finally:
+            torch.set_default_dtype(saved)
+            rope.forget_tables()
+
+    in_bf16, in_fp32 = decide(torch.bfloat16), decide(torch.float32)
+    assert in_bf16 == in_fp32  # before the fix: every check of the bf16 build "could not be run"
+    assert not [d for d in in_bf16 if "could not be" in str(d)], name
+    if name == "llama":
+        assert in_bf16[-1][1], in_bf16[-1]  # the rotary kernel engages
+        assert any(isinstance(d[1], fuse.QKVMaths) and d[1].roles for d in in_bf16)
