@@ -13,6 +13,18 @@ from torch import nn
 _STACK_CLASS = None
 
 
+def run_flat(base: nn.Module, input_ids: torch.Tensor | None, positions: torch.Tensor,
+             inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """The HF base model on vLLM's flattened batch (every scheduled sequence in one row of
+    tokens): HF wants a batch axis, so the row becomes a batch of one."""
+    if inputs_embeds is not None:
+        inputs = {"inputs_embeds": inputs_embeds[None]}
+    else:
+        inputs = {"input_ids": input_ids[None]}
+    out = base(**inputs, position_ids=positions[None], use_cache=False, return_dict=True)
+    return out.last_hidden_state[0]
+
+
 def compiled_stack_class() -> type:
     global _STACK_CLASS
     if _STACK_CLASS is None:
@@ -28,12 +40,7 @@ def compiled_stack_class() -> type:
 
             def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                         intermediate_tensors=None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-                if inputs_embeds is not None:
-                    inputs = {"inputs_embeds": inputs_embeds[None]}
-                else:
-                    inputs = {"input_ids": input_ids[None]}
-                out = self._lab_base(**inputs, position_ids=positions[None], use_cache=False, return_dict=True)
-                return out.last_hidden_state[0]
+                return run_flat(self._lab_base, input_ids, positions, inputs_embeds)
 
         _STACK_CLASS = LabCompiledStack
     return _STACK_CLASS

@@ -28,7 +28,7 @@ from hfvllm_lab.backend.records import (
     PhaseBytes,
     ReplacementRecord,
 )
-from hfvllm_lab.backend.compiled import build_compiled_stack
+from hfvllm_lab.backend.compiled import build_compiled_stack, run_flat
 from hfvllm_lab.backend.fuse import fusion_enabled
 from hfvllm_lab.backend.norms import cpu_norm_kernel_available
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
@@ -542,13 +542,7 @@ class LabForCausalLM(nn.Module):
             check_single_sequence(positions, self.lab_attention_mode)
         if self._lab_stack is not None and self.lab_attention_mode == "vllm":  # compiled-mode hook
             return self._lab_stack(input_ids, positions, intermediate_tensors, inputs_embeds)
-        # vLLM flattens every scheduled sequence into one row of tokens; HF wants a batch axis.
-        if inputs_embeds is not None:
-            model_inputs = {"inputs_embeds": inputs_embeds[None]}
-        else:
-            model_inputs = {"input_ids": input_ids[None]}
-        out = self.base(**model_inputs, position_ids=positions[None], use_cache=False, return_dict=True)
-        return out.last_hidden_state[0]
+        return run_flat(self.base, input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         head = self.hf.get_output_embeddings()
