@@ -125,6 +125,7 @@ class MLPMaths:
     down: str | None = None
     activation: str = ""  # "silu", "gelu_tanh", "gelu"
     reason: str = ""
+    candidate: bool = True  # False: not shaped like an MLP at all (its Linears get no "not fused" note)
 
 
 def _plain_linears(module: nn.Module) -> dict[str, nn.Linear]:
@@ -223,10 +224,10 @@ def classify_mlp(module: nn.Module) -> MLPMaths:
 
 def _measure_mlp(module: nn.Module, linears: dict[str, nn.Linear]) -> MLPMaths:
     if len(linears) not in (2, 3):
-        return MLPMaths(None, None, reason="not two or three plain Linear children")
+        return MLPMaths(None, None, reason="not two or three plain Linear children", candidate=False)
     others = [n for n, c in module.named_children() if n not in linears and any(True for _ in c.parameters())]
     if others or any(True for _ in module.parameters(recurse=False)):
-        return MLPMaths(None, None, reason="holds parameters outside its Linear children")
+        return MLPMaths(None, None, reason="holds parameters outside its Linear children", candidate=False)
     probe = cpu_copy(module, seed=21)
     width = {l.in_features for l in linears.values()}
     outs = {}
@@ -364,9 +365,10 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
 
     maths = classify_mlp(module)
     linears = _plain_linears(module)
-    if maths.gate is None:  # its Linears are swapped one to one by the replace pass, with the reason
-        for n in linears:
-            plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason
+    if maths.gate is None:  # its Linears are swapped one to one by the replace pass
+        if maths.candidate:  # shaped like an MLP, so say why it was not fused
+            for n in linears:
+                plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason
         return
     gate, up, down = linears[maths.gate], linears[maths.up] if maths.up else None, linears[maths.down]
     sources = [f"{name}.{maths.gate}"] + ([f"{name}.{maths.up}"] if maths.up else [])

@@ -53,6 +53,15 @@ def test_mlp_roles_come_from_the_maths_and_other_maths_is_not_fused():
     assert (swapped.gate, swapped.up) == ("up_proj", "gate_proj")
     additive = classify_mlp(Additive())
     assert additive.gate is None and "down(act(gate(x)) * up(x))" in additive.reason
+    assert additive.candidate  # shaped like an MLP: its Linears say why they were not fused
+
+    class WithScale(Swapped):  # e.g. an MoE block: a router Linear beside experts holding parameters
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(8))
+
+    other = classify_mlp(WithScale())
+    assert other.gate is None and not other.candidate and "outside its Linear children" in other.reason
 
 
 def test_qkv_roles_and_shared_input_are_measured():
