@@ -30,7 +30,6 @@ from hfvllm_lab.backend.records import (
 )
 from hfvllm_lab.backend.compiled import build_compiled_stack, run_flat
 from hfvllm_lab.backend.fuse import fusion_enabled
-from hfvllm_lab.backend.norms import cpu_norm_kernel_available
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
@@ -408,7 +407,6 @@ class LabForCausalLM(nn.Module):
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
         ctx.fuse = fusion_enabled(self.config)  # fusion hook (backend/fuse.py)
-        ctx.cpu_norm_kernel = ctx.fuse and device.type == "cpu" and cpu_norm_kernel_available()
         ctx.device_type = device.type
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
         self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook

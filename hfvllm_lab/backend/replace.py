@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hfvllm_lab.backend.attention import dispatches_through_interface
-from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, looks_like_norm
+from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, cpu_norm_kernel_available, looks_like_norm
 from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import (
     EMBEDDING,
@@ -35,8 +35,12 @@ class ReplaceContext:
     # -- fusion hook (backend/fuse.py) --
     fuse: bool = False  # merge q/k/v and gate/up into vLLM's fused layers before the one-to-one swap
     fusion: object = None  # the FusionPlan the pass produced (checkpoint shards, records)
-    cpu_norm_kernel: bool = False  # x*w norms run vLLM's `_C.rms_norm` in eager CPU steps (backend/norms.py)
-    device_type: str = ""  # where the model runs; "cpu" lets eager steps rotate q/k with vLLM's kernel (rope.py)
+    device_type: str = ""  # where the model runs; "cpu" lets eager steps use vLLM's C kernels (norms.py, rope.py)
+
+    @property
+    def cpu_norm_kernel(self) -> bool:
+        """x*w norms run vLLM's `_C.rms_norm` in eager CPU steps (backend/norms.py); off with the fusions."""
+        return self.fuse and self.device_type == "cpu" and cpu_norm_kernel_available()
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
