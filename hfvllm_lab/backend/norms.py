@@ -112,6 +112,11 @@ def build_vllm_norm(maths: NormMaths, *, cpu_kernel: bool = False) -> nn.Module:
 _KERNEL_NORM: type | None = None
 
 
+def uses_cpu_kernel(norm: nn.Module) -> bool:
+    """Whether `norm` is the lab's KernelRMSNorm (its eager CPU forward is one `_C.rms_norm`)."""
+    return _KERNEL_NORM is not None and isinstance(norm, _KERNEL_NORM)
+
+
 def _kernel_norm_class() -> type:
     """`KernelRMSNorm`: vLLM's RMSNorm whose eager CPU forward is one `_C.rms_norm` call.
 

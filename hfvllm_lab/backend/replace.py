@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from hfvllm_lab.backend.attention import dispatches_through_interface
-from hfvllm_lab.backend.norms import build_vllm_norm, classify_norm, cpu_norm_kernel_available, looks_like_norm
+from hfvllm_lab.backend.norms import (
+    build_vllm_norm,
+    classify_norm,
+    cpu_norm_kernel_available,
+    looks_like_norm,
+    uses_cpu_kernel,
+)
 from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import (
     EMBEDDING,
@@ -170,7 +176,7 @@ def replace_modules(
                     records.append(_record(name, NORM, KEPT, child, reason=maths.reason))
                 else:
                     new = build_vllm_norm(maths, cpu_kernel=ctx.cpu_norm_kernel)
-                    kernel = " (eager CPU: _C.rms_norm)" if type(new).__name__ == "KernelRMSNorm" else ""
+                    kernel = " (eager CPU: _C.rms_norm)" if uses_cpu_kernel(new) else ""
                     records.append(_record(name, NORM, REPLACED, child, new,
                                            reason=f"{maths.convention}{kernel}, width {maths.width}"))
             elif is_packed_experts(child):
