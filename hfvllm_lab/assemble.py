@@ -19,17 +19,19 @@ BACKEND_LABELS = {
 }
 
 
-def replacement_log(model: str, backend: str, build: BuildReport | None, tree: list[ModuleNode]) -> ReplacementLog:
+def replacement_log(model: str, backend: str, build: BuildReport | None, tree: list[ModuleNode],
+                    model_class: str = "") -> ReplacementLog:
     nodes = list(tree)
     if build is not None:
-        return ReplacementLog(model, backend, build.hf_class, list(build.records), nodes)
+        return ReplacementLog(model, backend, build.hf_class, list(build.records), nodes,
+                              model_class=model_class, options=dict(build.options))
     note = (
         "observed from module classes: this backend keeps no replacement records, so a leaf module "
         "counts as replaced when its class comes from vLLM"
         if backend == "transformers"
         else "vLLM's native model class: nothing was replaced, every module is vLLM's own"
     )
-    return ReplacementLog(model, backend, "", [], nodes, note)
+    return ReplacementLog(model, backend, "", [], nodes, note, model_class=model_class)
 
 
 def memory_report(model: str, device: str, backend: str, before: MemoryFigure, build: BuildReport | None,
@@ -51,6 +53,11 @@ def memory_report(model: str, device: str, backend: str, before: MemoryFigure, b
     loaded = next((p.param_bytes for p in phases if p.phase == "loaded"), None)
     param_bytes = kv.param_bytes if loaded is None else max(loaded, kv.param_bytes)
     phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv.kv_cache_bytes, kv.process_bytes, kv.source))
+    if kv.loadable_copy_bytes:
+        note = (f"{note}; " if note else "") + (
+            f"{kv.loadable_copy_bytes / 2**20:.1f} MiB of layer weights stay loadable beside the copies the device's "
+            "kernels packed, so load_weights can update any subset later (hf_overrides lab_weight_updates=False "
+            "drops them)")
     return MemoryReport(model, device, backend, phases, eager, note)
 
 

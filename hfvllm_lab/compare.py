@@ -14,11 +14,14 @@ What is compared, on the same prompts:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hfvllm_lab.assemble import BACKEND_LABELS, bisect_result, prompt_comparisons
 from hfvllm_lab.device import free_device_bytes
-from hfvllm_lab.noise import distribution_diff, module_noise, noise_verdict
+from hfvllm_lab.errors import ProbeUnavailableError
+from hfvllm_lab.noise import distribution_diff, module_noise, next_tokens, noise_verdict
+from hfvllm_lab.rules import worse_of
 from hfvllm_lab.paths.hf_side import HfSideRequest, HfSideResult, run_hf_side, run_hf_side_isolated
 from hfvllm_lab.results.comparison import BisectResult, Comparison, PathFigures, tokenization_agrees
 from hfvllm_lab.results.generation import Generation
@@ -51,6 +54,26 @@ def choose_residency(session: "Session", requested: str) -> tuple[bool, str]:
     return False, f"both resident: the HF model (~{need >> 20} MiB with room) fits in {free >> 20} MiB free"
 
 
+def rebuild_note(session: "Session", requested: bool) -> str:
+    """What a rebuild between the two halves keeps. Edits made through Session.apply_model are
+    applied again; calls made on the engine directly cannot be, so an automatic rebuild is refused
+    and a requested one says the edits were lost."""
+    lost = session.engine.untracked_calls
+    if lost and not requested:
+        raise ProbeUnavailableError(
+            f"the HF model does not fit beside the engine, so compare() would rebuild the engine between its "
+            f"halves, and the engine was changed through engine.apply_model ({lost} call(s)), which a rebuild "
+            "cannot repeat: the edit would be judged as the clean model. Make edits with Session.apply_model "
+            "(re-applied after a rebuild), or pass residency='sequential' to accept a rebuilt, unedited engine")
+    note = "; the rebuilt engine's attention counters start from zero"
+    if session.edits:
+        note += f"; {len(session.edits)} edit(s) made through Session.apply_model were applied to the rebuilt engine"
+    if lost:
+        note += (f"; EDITS LOST: {lost} engine.apply_model call(s) could not be repeated on the rebuilt engine, so "
+                 "the teacher-forced scores judge the engine without them")
+    return note
+
+
 def run_hf(session: "Session", req: HfSideRequest) -> HfSideResult:
     return run_hf_side_isolated(req) if session.hf_in_child_process else run_hf_side(req)
 
@@ -80,6 +103,9 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     vllm_seconds = time.perf_counter() - begin
     timing = {"vllm": session.profile(prompts, max_tokens, warmup=0)} if profile else {}
     vllm_caps = session.capture(prompts[0]) if bisect else None
+    # The engine's own greedy sequences, decoded again in the same batch with its choices forced: the
+    # same decode steps, now with each step's full distribution (what users' tokens came from).
+    decode = engine_decode(session, vllm_out) if max_tokens > 1 else None
     vllm_label = BACKEND_LABELS[session.backend]
     figures = {"vllm": engine_figures(session, vllm_label, vllm_out, vllm_seconds)}
     if against == "vllm":
@@ -91,8 +117,10 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
                 "model's transformers classes in this process")
     req = hf_request(session, prompts, max_tokens, hf_attention=hf_attention,
                      capture_prompt=prompts[0] if bisect else None, profile=profile)
+    if decode is not None:
+        req = replace(req, decode_sequences=decode.sequences, decode_prompt_lengths=decode.prompt_lengths)
     if sequential:
-        why += "; the rebuilt engine's attention counters start from zero"
+        why += rebuild_note(session, requested=residency == "sequential")
         with session.released():
             hf = run_hf(session, req)
     else:
@@ -105,40 +133,95 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     cmp = Comparison(session.model_name, session.device, session.dtype,
                      prompt_comparisons(hf.generations, vllm_out, session.dtype), figures, timing, why)
     cmp.dtype_reason, cmp.mode = session.dtype_reason, session.mode
-    cmp.teacher = teacher_forced(session, hf, vllm_label, native_floor, tokenization_agrees(hf.generations, vllm_out))
+    cmp.teacher = teacher_forced(session, hf, vllm_label, native_floor, tokenization_agrees(hf.generations, vllm_out),
+                                 decode)
+    if max_tokens == 1:
+        cmp.teacher.notes.append("decode steps not judged: max_tokens=1 makes no decode step")
     if bisect:
         cmp.bisect = _bisect_from(session, prompts[0], vllm_out[0].prompt_token_ids, vllm_caps, hf, None)
     return cmp
 
 
+@dataclass(frozen=True)
+class EngineDecode:
+    """The engine's own greedy sequences and each decode step's full distribution."""
+
+    sequences: list[list[int]]
+    prompt_lengths: list[int]
+    rows: list  # per sequence [continuation, vocab]; row 0 from the prefill, then one per decode step
+
+
+def engine_decode(session: "Session", generations: list[Generation]) -> EngineDecode:
+    sequences = [g.prompt_token_ids + g.token_ids for g in generations]
+    lengths = [len(g.prompt_token_ids) for g in generations]
+    return EngineDecode(sequences, lengths, session.decode_scores(sequences, lengths, composition="batch"))
+
+
+def decode_steps(rows: list, sequences: list[list[int]], prompt_lengths: list[int]) -> tuple[list, list[list[int]]]:
+    """Rows of decode steps only (row 0 came from the prefill) and the tokens they predict."""
+    return [r[1:] for r in rows], [list(q[n + 1:]) for q, n in zip(sequences, prompt_lengths)]
+
+
 def teacher_forced(session: "Session", hf: HfSideResult, vllm_label: str, native_floor: bool | None,
-                   ids_agree: bool) -> TeacherForced:
-    """Score the reference's sequences on the engine (and, for the floor, on vLLM native in a child
-    process) and compare every path's distributions with the float32 truth."""
+                   ids_agree: bool, decode: EngineDecode | None = None) -> TeacherForced:
+    """Prefill: score the reference's sequences on the engine in one prefill each. Decode: the engine's
+    own decode steps along its greedy sequences. Every path's distributions against the float32 truth;
+    in reduced precision against the floors (transformers in the session's dtype, teacher-forced for
+    prefill and decoding with its KV cache for decode; vLLM native in a child process, the same ways)."""
     sequences = hf.sequences
     result = TeacherForced(session.dtype, sequences, [len(g.prompt_token_ids) for g in hf.generations])
     judged_name = f"{vllm_label} ({session.dtype})"
     engine_scores = session.score_tokens(sequences)
-    if session.dtype == "float32":
-        result.judged = distribution_diff(judged_name, TRUTH, hf.scores, engine_scores, sequences)
-    else:
-        truth = hf.float32_scores
-        result.judged = distribution_diff(judged_name, TRUTH, truth, engine_scores, sequences)
-        result.floors.append(distribution_diff(f"transformers ({session.dtype})", TRUTH, truth, hf.scores, sequences))
-        native = _native_floor(session, sequences, native_floor, result.notes)
+    float32 = session.dtype == "float32"
+    truth = hf.scores if float32 else hf.float32_scores
+    result.judged = distribution_diff(judged_name, TRUTH, truth, engine_scores, next_tokens(sequences))
+    native = None if float32 else _native_floor(session, sequences, decode, native_floor, result.notes)
+    if not float32:
+        result.floors.append(distribution_diff(f"transformers ({session.dtype})", TRUTH, truth, hf.scores,
+                                               next_tokens(sequences)))
         if native is not None:
-            result.floors.append(distribution_diff(f"vLLM native ({session.dtype})", TRUTH, truth, native, sequences))
-    result.verdict = noise_verdict(result.judged, result.floors, session.dtype, ids_agree)
+            result.floors.append(distribution_diff(f"vLLM native ({session.dtype})", TRUTH, truth, native[0],
+                                                   next_tokens(sequences)))
+    result.prefill_verdict = noise_verdict(result.judged, result.floors, session.dtype, ids_agree)
+    result.verdict = result.prefill_verdict
+    if decode is not None and hf.decode_truth is not None:
+        _judge_decode(result, session, judged_name, decode, hf, native[1] if native is not None else None)
+        result.verdict = worse_of([("prefill", result.prefill_verdict), ("decode", result.decode_verdict)])
     return result
 
 
-def _native_floor(session: "Session", sequences: list[list[int]], wanted: bool | None, notes: list[str]):
-    """vLLM native's scores in the session's dtype, from an engine in a child process."""
-    from dataclasses import replace
+def _judge_decode(result: TeacherForced, session: "Session", judged_name: str, decode: EngineDecode,
+                  hf: HfSideResult, native_rows) -> None:
+    result.decode_sequences, result.decode_prompt_lengths = decode.sequences, decode.prompt_lengths
+    truth, targets = decode_steps(hf.decode_truth, decode.sequences, decode.prompt_lengths)
+    engine, _ = decode_steps(decode.rows, decode.sequences, decode.prompt_lengths)
+    result.decode_judged = distribution_diff(f"{judged_name}, decode steps", TRUTH, truth, engine, targets)
+    if session.dtype != "float32":
+        mine, _ = decode_steps(hf.decode_reference, decode.sequences, decode.prompt_lengths)
+        result.decode_floors.append(distribution_diff(f"transformers ({session.dtype}, KV-cache decode)", TRUTH,
+                                                      truth, mine, targets))
+        if native_rows is not None:
+            rows, _ = decode_steps(native_rows, decode.sequences, decode.prompt_lengths)
+            result.decode_floors.append(distribution_diff(f"vLLM native ({session.dtype}, decode steps)", TRUTH,
+                                                          truth, rows, targets))
+    result.decode_verdict = noise_verdict(result.decode_judged, result.decode_floors, session.dtype)
 
+
+def native_floor_job(path, sequences: list[list[int]], decode_sequences: list[list[int]] | None,
+                     decode_prompt_lengths: list[int] | None):
+    """vLLM native's teacher-forced scores and decode steps (run_isolated's job)."""
+    from hfvllm_lab.paths.engine_runs import forced_decode
+
+    rows = forced_decode(path, decode_sequences, decode_prompt_lengths)[0] if decode_sequences else None
+    return path.score(sequences), rows
+
+
+def _native_floor(session: "Session", sequences: list[list[int]], decode: EngineDecode | None,
+                  wanted: bool | None, notes: list[str]):
+    """vLLM native's (prefill scores, decode rows) in the session's dtype, from an engine in a child process."""
     from transformers import AutoConfig
 
-    from hfvllm_lab.paths.vllm_path import has_native_class, score_isolated
+    from hfvllm_lab.paths.vllm_path import has_native_class, run_isolated
 
     if wanted is False:
         notes.append("vLLM native floor not measured (native_floor=False)")
@@ -151,8 +234,10 @@ def _native_floor(session: "Session", sequences: list[list[int]], wanted: bool |
         notes.append(f"vLLM has no native class for {', '.join(config.architectures or ['?'])}: "
                      "the floor is transformers' own rounding only")
         return None
-    settings = replace(session.settings, backend="native", tensor_parallel_size=1)
-    return score_isolated(settings, sequences)
+    settings = replace(session.settings, backend="native", tensor_parallel_size=1, extra={})
+    out, _ = run_isolated(settings, native_floor_job, sequences, decode.sequences if decode else None,
+                          decode.prompt_lengths if decode else None)
+    return out
 
 
 def _against_itself(session, prompts, max_tokens, vllm_out, figures, timing, vllm_caps) -> Comparison:
@@ -170,7 +255,7 @@ def _against_itself(session, prompts, max_tokens, vllm_out, figures, timing, vll
     first_scores, second_scores = session.score_tokens(sequences), session.score_tokens(sequences)
     name = f"{first.label} ({session.dtype})"
     teacher = TeacherForced(session.dtype, sequences, [len(g.prompt_token_ids) for g in ref_out])
-    teacher.judged = distribution_diff(name, f"{name}, second run", first_scores, second_scores, sequences)
+    teacher.judged = distribution_diff(name, f"{name}, second run", first_scores, second_scores, next_tokens(sequences))
     # One engine against itself must agree exactly, whatever the dtype: the float32 rule.
     teacher.verdict = noise_verdict(teacher.judged, [], "float32")
     cmp.teacher = teacher

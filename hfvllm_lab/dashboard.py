@@ -9,7 +9,7 @@ and kept in `.last_error`) and hands the results to the view, `render/widgets.py
 from __future__ import annotations
 
 from hfvllm_lab import zoo
-from hfvllm_lab.device import resolve_device, resolve_dtype
+from hfvllm_lab.device import checkpoint_dtype, choose_dtype, resolve_device
 from hfvllm_lab.errors import AttentionPathError, ProbeUnavailableError
 from hfvllm_lab.paths.vllm_path import BACKENDS
 from hfvllm_lab.render.widgets import TAB_TITLES, ControlChoices, DashboardView, RunResults
@@ -119,13 +119,25 @@ class Dashboard:
         return self.view.values()["prompts"]
 
     def _needs_new_session(self, cfg: dict) -> bool:
+        """Whether the controls ask for something the current Session is not: each control resolved
+        as a new Session would resolve it (dtype "auto" follows the checkpoint, as Session does)."""
+        from transformers import AutoConfig
+
         s = self.session
         if s is None or s.closed:
             return True
         device = resolve_device(cfg["device"])
-        wanted = (zoo.resolve(cfg["model"]), device, resolve_dtype(cfg["dtype"], device), cfg["backend"],
-                  cfg["attention"])
-        return wanted != (s.model_dir, s.device, s.dtype, s.backend, s.attention_path)
+        model_dir = zoo.resolve(cfg["model"])
+        if (model_dir, device, cfg["backend"], cfg["attention"]) != (s.model_dir, s.device, s.backend, s.attention_path):
+            return True
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=s.trust_remote_code)
+        return choose_dtype(cfg["dtype"], device, checkpoint_dtype(config))[0] != s.dtype
+
+    def session_arguments(self, cfg: dict) -> dict:
+        """A rebuild keeps every argument of the Session it replaces (trust_remote_code, mode,
+        engine_args, max_model_len, ...) and changes only what the controls set."""
+        base = dict(self.session.arguments) if self.session is not None else {}
+        return {**base, **cfg}
 
     def run(self) -> bool:
         """What Run does; True on success. Errors are shown in the error area (type, message and a
@@ -146,7 +158,8 @@ class Dashboard:
         values = self.view.values()
         prompts, max_tokens = values["prompts"], values["max_tokens"]
         if self._needs_new_session(cfg):
-            self.session = self.session_factory(cfg.pop("model"), **cfg)
+            args = self.session_arguments(cfg)
+            self.session = self.session_factory(args.pop("model"), **args)
         session = self.session
         step(1, STEPS[1])
         results = self.results = RunResults(attention_path=session.attention_path)

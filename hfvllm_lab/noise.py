@@ -12,25 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hfvllm_lab.results.comparison import ModuleDiff
-from hfvllm_lab.results.teacher import DistributionDiff, Verdict
+from hfvllm_lab.results.teacher import DistributionDiff
+
+# The thresholds and the verdict rule live with every other rule in hfvllm_lab.rules.
+from hfvllm_lab.rules import MODULE_NOISE_ABS, MODULE_NOISE_FACTOR, NOISE_FACTOR, noise_verdict  # noqa: F401
 
 if TYPE_CHECKING:
     import torch
-
-# The rule, picked from measurements on SmolLM2-135M-Instruct in bfloat16 on the CPU (README,
-# "Verdicts in reduced precision"): a correct port lands at 0.8-1.6x the larger floor on KL mean
-# and p99; the smallest injected defect we measured (every input RMSNorm epsilon set to 1e-3)
-# lands at 4x and above. 2.5x splits the two with room on both sides.
-NOISE_FACTOR = 2.5
-# Bisect: a module is past the noise when its relative error against float32 exceeds this multiple
-# of transformers' own rounding error at the same module (plus a small absolute part for modules
-# whose rounding error is ~0, such as embeddings). Measured on SmolLM2-135M bf16 (CPU): the clean
-# lab path sits at 1.0x at every module; a post-attention norm weight x1.05 shows 3.8x at that
-# module (and 5x at the MLP after it); 4x missed it, 2x names it.
-MODULE_NOISE_FACTOR = 2.0
-MODULE_NOISE_ABS = 1e-3
-# float32 keeps the strict bound of the free-running rule.
-FLOAT32_LOGPROB_TOLERANCE = 1e-3
 
 
 def kl_per_position(truth: "torch.Tensor", path: "torch.Tensor") -> "torch.Tensor":
@@ -39,27 +27,33 @@ def kl_per_position(truth: "torch.Tensor", path: "torch.Tensor") -> "torch.Tenso
     return (truth.exp() * (truth - path)).sum(-1).clamp_min(0.0)
 
 
+def next_tokens(sequences: list[list[int]]) -> list[list[int]]:
+    """Targets of teacher forcing over whole sequences: row i predicts token i + 1."""
+    return [list(seq[1:]) for seq in sequences]
+
+
 def distribution_diff(name: str, against: str, truths: list["torch.Tensor"], paths: list["torch.Tensor"],
-                      sequences: list[list[int]]) -> DistributionDiff:
-    """One path against the truth over all prompts. Row i of each tensor predicts token i + 1 of
-    its sequence; the last row (no target) is left out."""
+                      targets: list[list[int]]) -> DistributionDiff:
+    """One path against the truth over all sequences. Row i of each pair of [rows, vocab] tensors
+    predicts `targets[s][i]` (the token the sequence really has there); rows beyond the targets are
+    left out (the last position of a whole sequence has none)."""
     import torch
 
     kls: list[list[float]] = []
     agree = total = 0
     target_diff = 0.0
-    for truth, path, seq in zip(truths, paths, sequences):
-        n = len(seq) - 1
+    for truth, path, want in zip(truths, paths, targets):
+        n = len(want)
         if truth.shape[0] < n or path.shape[0] < n or truth.shape[-1] != path.shape[-1]:
-            raise ValueError(f"{name}: scores of shape {tuple(path.shape)} / {tuple(truth.shape)} do not cover a "
-                             f"sequence of {len(seq)} tokens")
+            raise ValueError(f"{name}: scores of shape {tuple(path.shape)} / {tuple(truth.shape)} do not cover "
+                             f"{n} target tokens")
         t, p = truth[:n].float(), path[:n].float()
         kls.append(kl_per_position(t, p).tolist())
         agree += int((t.argmax(-1) == p.argmax(-1)).sum())
         total += n
-        targets = torch.tensor(seq[1:], dtype=torch.long)
-        idx = targets.unsqueeze(-1)
-        target_diff = max(target_diff, float((t.gather(-1, idx) - p.gather(-1, idx)).abs().max()))
+        if n:
+            idx = torch.tensor(want, dtype=torch.long).unsqueeze(-1)
+            target_diff = max(target_diff, float((t.gather(-1, idx) - p.gather(-1, idx)).abs().max()))
     flat = torch.tensor([k for row in kls for k in row], dtype=torch.float64)
     return DistributionDiff(
         path=name, against=against, positions=total,
@@ -70,38 +64,6 @@ def distribution_diff(name: str, against: str, truths: list["torch.Tensor"], pat
         max_target_logprob_diff=target_diff,
         kl_per_position=kls,
     )
-
-
-def noise_verdict(judged: DistributionDiff, floors: list[DistributionDiff], dtype: str,
-                  token_ids_agree: bool = True) -> Verdict:
-    """float32: the strict logprob bound. Reduced precision: within NOISE_FACTOR x the larger floor
-    on KL mean and KL p99."""
-    if not token_ids_agree:
-        return Verdict("tokenization differs", None, "prompt token ids must be identical on both paths",
-                       "the paths were given different prompt token ids; nothing else can be compared")
-    if dtype == "float32":
-        ok = judged.max_target_logprob_diff <= FLOAT32_LOGPROB_TOLERANCE
-        rule = f"float32: teacher-forced |dlogp| of every target token <= {FLOAT32_LOGPROB_TOLERANCE:g}"
-        reason = f"max |dlogp| {judged.max_target_logprob_diff:.3g}, KL max {judged.kl_max:.3g}"
-        return Verdict("pass" if ok else "fail", None, rule, reason)
-    if not floors:
-        return Verdict("fail", None, "no noise floor was measured",
-                       f"{dtype} needs a measured noise floor (compare(noise_floor=True))")
-    mean_floor = max(f.kl_mean for f in floors)
-    p99_floor = max(f.kl_p99 for f in floors)
-    ratio = max(_ratio(judged.kl_mean, mean_floor), _ratio(judged.kl_p99, p99_floor))
-    rule = (f"{dtype}: KL mean and KL p99 against transformers float32 within {NOISE_FACTOR:g}x the larger of "
-            f"the floors ({', '.join(f.path for f in floors)})")
-    reason = (f"KL mean {judged.kl_mean:.3g} vs floor {mean_floor:.3g}, p99 {judged.kl_p99:.3g} vs floor "
-              f"{p99_floor:.3g}; top-1 {judged.top1_agreement:.1%} (floors "
-              f"{', '.join(f'{f.top1_agreement:.1%}' for f in floors)})")
-    if ratio <= NOISE_FACTOR:
-        return Verdict("within noise", ratio, rule, reason)
-    return Verdict("beyond noise", ratio, rule, f"beyond noise by {ratio:.1f}x: {reason}")
-
-
-def _ratio(value: float, floor: float) -> float:
-    return value / max(floor, 1e-9)
 
 
 def relative_rms(value: "torch.Tensor", truth: "torch.Tensor") -> float:

@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hfvllm_lab.results.generation import Generation
-
-# Logprob bound by dtype: float32 paths agree to ~1e-5 here; half precision rounds every layer.
-LOGPROB_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.1}
+from hfvllm_lab.rules import LOGPROB_TOLERANCE, PARITY_MAX_GAP, PARITY_TOP_K  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ def step_logprob_diffs(a: Generation, b: Generation) -> list[float | None]:
     return diffs
 
 
-def compare_generations(a: Generation, b: Generation, top_k: int = 5, max_gap: float = 0.05,
+def compare_generations(a: Generation, b: Generation, top_k: int = PARITY_TOP_K, max_gap: float = PARITY_MAX_GAP,
                         logprob_tol: float | None = None) -> TokenParity:
     prompt_diff = max_prompt_logprob_diff(a, b)
     verdict = _token_verdict(a, b, top_k, max_gap, prompt_diff)

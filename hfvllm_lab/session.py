@@ -5,12 +5,27 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 from hfvllm_lab import zoo
-from hfvllm_lab.device import checkpoint_dtype, choose_dtype, memory_figure, resolve_device
-from hfvllm_lab.errors import AttentionPathError, DeviceError, InputError, ProbeUnavailableError
-from hfvllm_lab.paths.vllm_path import BACKENDS, EngineSettings, VllmPath, preflight
+from hfvllm_lab.device import checkpoint_dtype, choose_dtype, free_device_bytes, memory_figure, resolve_device
+from hfvllm_lab.errors import (
+    AttentionPathError,
+    DeviceError,
+    InputError,
+    ProbeUnavailableError,
+    UnsupportedModelError,
+)
+from hfvllm_lab.paths.vllm_path import (
+    BACKENDS,
+    EngineSettings,
+    VllmPath,
+    built_backend,
+    choose_max_model_len,
+    engine_kwargs,
+    preflight,
+)
 from hfvllm_lab.results.attention import AttentionReport
 from hfvllm_lab.results.comparison import BisectResult, Comparison
 from hfvllm_lab.results.generation import Generation
@@ -49,7 +64,6 @@ def check_max_tokens(max_tokens: int) -> int:
 
 def check_memory(config, settings: EngineSettings, others: list["Session"]) -> None:
     """Refuse, before any older Session is closed, an engine that cannot fit even after they are."""
-    from hfvllm_lab.device import free_device_bytes
     from hfvllm_lab.paths.vllm_path import estimated_engine_bytes
 
     need = estimated_engine_bytes(config, settings)
@@ -86,7 +100,7 @@ class Session:
         dtype: str | None = None,
         attention: str = "vllm",
         backend: str = "lab",
-        max_model_len: int = 256,
+        max_model_len: int | None = None,
         max_num_seqs: int = 4,
         tensor_parallel_size: int = 1,
         seed: int = 0,
@@ -96,6 +110,13 @@ class Session:
         mode: str = "inspect",
     ) -> None:
         self._engine: VllmPath | None = None
+        # The arguments as given: a rebuild (the dashboard's) starts from them, changing only what it must.
+        self.arguments = dict(model=model, device=device, dtype=dtype, attention=attention, backend=backend,
+                              max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                              tensor_parallel_size=tensor_parallel_size, seed=seed,
+                              trust_remote_code=trust_remote_code, hf_attention=hf_attention,
+                              engine_args=dict(engine_args or {}), mode=mode)
+        self.edits: list = []  # functions given to apply_model(), re-applied whenever the engine is rebuilt
         if attention not in ATTENTION_PATHS:
             raise AttentionPathError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTION_PATHS)}")
         if backend not in BACKENDS:
@@ -107,7 +128,7 @@ class Session:
         if mode == "fast" and attention != "vllm":
             raise AttentionPathError("mode='fast' compiles the model with vLLM's attention; HF attention needs 'inspect'")
         self.mode = mode
-        if max_model_len < 8 or max_num_seqs < 1:
+        if (max_model_len is not None and max_model_len < 8) or max_num_seqs < 1:
             raise InputError("max_model_len must be >= 8 and max_num_seqs >= 1")
         self.model_dir = zoo.resolve(model)
         self.model_name = str(model) if model is not None else zoo.DEFAULT
@@ -130,9 +151,13 @@ class Session:
             choose_hf_attention(config, "sdpa")
         self.settings = EngineSettings(
             model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
-            max_model_len=max_model_len, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
+            max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
             seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}), mode=mode,
         )
+        length, self.max_model_len_reason = choose_max_model_len(config, self.settings, max_model_len,
+                                                                  free_device_bytes(self.device))
+        self.settings = replace(self.settings, max_model_len=length)
+        engine_kwargs(self.settings)  # refuses engine_args that would change what runs, before anything closes
         check_memory(config, self.settings, list(_LIVE))
         for other in list(_LIVE):
             warnings.warn(f"closing the previous {other!r} to free its engine", stacklevel=2)
@@ -151,6 +176,15 @@ class Session:
         # Frees the engine if the Session is dropped without close().
         self._finalizer = weakref.finalize(self, VllmPath.close, self._engine)
         try:
+            self.engine_notes = list(self._engine.arg_notes)  # what became of each engine_args entry
+            self.model_class = self._engine.rpc("lab_model_class")
+            built = built_backend(self.model_class)
+            if built != self.settings.backend:
+                raise UnsupportedModelError(
+                    f"backend={self.settings.backend!r} was asked for, but vLLM built {self.model_class} "
+                    f"(backend {built!r}); the Session refuses to label one as the other")
+            for fn in self.edits:  # a rebuilt engine gets the same edits the judged one had
+                self._engine.apply_model(fn, track=False)
             self._kv_memory = self._engine.rpc("lab_memory")
             self._build = self._engine.rpc("lab_build_report")
             self._tree = self._engine.rpc("lab_module_tree")
@@ -170,6 +204,25 @@ class Session:
             yield
         finally:
             self._start_engine()
+
+    def apply_model(self, fn) -> list:
+        """Run `fn(model)` on the model inside the engine (one answer per rank) and keep `fn`: it is
+        applied again whenever the Session rebuilds its engine (compare()'s sequential residency),
+        so an edit such as an injected defect stays in what is judged. Edit through forward wrappers
+        or norm weights: vLLM's CPU linear kernels prepack weights at load time, so writing a Linear's
+        `.weight` afterwards changes no output (load_weights() re-packs; see the README)."""
+        out = self.engine.apply_model(fn, track=False)
+        self.edits.append(fn)
+        return out
+
+    def load_weights(self, weights) -> set[str]:
+        """Push (name, tensor) pairs into the engine's model, as an RL trainer syncs its weights: the
+        first load is done, so any subset loads (the lab backend: single shards of fused layers, single
+        experts). Kept as an edit (re-applied after a rebuild); the prefix cache is reset."""
+        weights = list(weights)
+        loaded = self.apply_model(lambda model: model.load_weights(iter(weights)))[0]
+        self.engine.llm.reset_prefix_cache()
+        return loaded
 
     @property
     def engine(self) -> VllmPath:
@@ -206,7 +259,7 @@ class Session:
     # -- observations ---------------------------------------------------------------------
     @property
     def replacements(self) -> ReplacementLog:
-        return replacement_log(self.model_name, self.backend, self._build, self._tree)
+        return replacement_log(self.model_name, self.backend, self._build, self._tree, self.model_class)
 
     @property
     def memory(self) -> MemoryReport:
@@ -266,6 +319,66 @@ class Session:
         if not sequences or any(not seq for seq in sequences):
             raise InputError("score_tokens needs non-empty token-id sequences")
         return self.engine.score([list(map(int, seq)) for seq in sequences])
+
+    def decode_scores(self, sequences: list[list[int]], prompt_lengths: list[int], composition: str = "batch") -> list:
+        """Decode steps on this engine: each sequence's prompt prefilled, then its continuation decoded
+        with the engine's choice forced to the sequence's own tokens, the sequences submitted together
+        ("batch"), reversed, or one at a time ("alone"). Per sequence the [continuation, vocab] float32
+        log-probabilities each sampling step drew from (row 0 from the prefill)."""
+        from hfvllm_lab.paths.engine_runs import forced_decode
+
+        self._refuse_hf_attention("decode_scores()")
+        if len(sequences) != len(prompt_lengths) or not sequences:
+            raise InputError("decode_scores needs one prompt length per (non-empty) sequence")
+        return forced_decode(self.engine, [list(map(int, q)) for q in sequences], list(prompt_lengths),
+                             composition=composition)[0]
+
+    def sample(self, prompts, *, n: int = 1, max_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+               top_k: int = -1, seed: int | None = 0, logprobs_mode: str = "raw", capture: bool = False):
+        """Sampled continuations as vLLM returns them (`paths.engine_runs.SampledRun`): each sampled
+        token's logprob in `logprobs_mode` ("raw": the model's distribution; "processed": after
+        temperature and top-k/top-p), and with `capture` each step's full raw distribution."""
+        from hfvllm_lab.paths.engine_runs import sample
+        from hfvllm_lab.sampling import LOGPROBS_MODES
+
+        self._refuse_hf_attention("sample()")
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise InputError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}")
+        ids = [p if not isinstance(p, str) else self.engine.llm.get_tokenizer().encode(p) for p in prompts]
+        previous = self.engine.rpc("lab_set_logprobs_mode", LOGPROBS_MODES[logprobs_mode])
+        try:
+            run = sample(self.engine, ids, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, capture=capture)
+        finally:
+            self.engine.rpc("lab_set_logprobs_mode", previous)
+        if LOGPROBS_MODES[logprobs_mode] != previous:
+            run.seeding += f"; logprobs_mode {LOGPROBS_MODES[logprobs_mode]} set on the live sampler for this run"
+        return run
+
+    def rollout(self, prompts=None, *, n: int = 4, max_tokens: int = 32, temperature: float = 1.0,
+                top_p: float = 1.0, top_k: int = -1, seed: int | None = 0, logprobs_mode: str = "raw",
+                trainer_dtype: str | None = None, native_floor: bool | None = None, progress=None):
+        """Rollout mismatch as RL measures it (`results.rollout.Rollout`): the engine samples, transformers
+        (the trainer, in `trainer_dtype`, default the session's) scores the same tokens, and the per-token
+        log-ratios are summarised as verl/TRL log them, against a floor of paths right by construction."""
+        from hfvllm_lab.rollout import run_rollout
+
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        check_max_tokens(max_tokens)
+        self._refuse_hf_attention("rollout()")
+        return run_rollout(self, prompts, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                           top_k=top_k, seed=seed, logprobs_mode=logprobs_mode, trainer_dtype=trainer_dtype,
+                           native_floor=native_floor, progress=progress)
+
+    def diagnose(self, prompts=None, *, lenses=None, progress=None, **options):
+        """Which engine factor causes a mismatch and which flip removes it (`results.diagnosis.Diagnosis`):
+        lenses that each flip one factor (decode, batch, prefix caching, chunked prefill, long context,
+        LM head precision, dtype, compiled, backend, tensor parallel) on the same sampled sequences."""
+        from hfvllm_lab.diagnose import run_diagnosis
+
+        prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+        self._refuse_hf_attention("diagnose()")
+        return run_diagnosis(self, prompts, lenses=lenses, progress=progress, **options)
 
     def capture(self, prompt: str) -> dict:
         """Hidden states (module name -> [tokens, features] float32 CPU tensor) of one prefill of

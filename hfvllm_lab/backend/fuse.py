@@ -35,12 +35,17 @@ CONFIG_FLAG = "lab_fuse"  # an hf_overrides key: {"lab_fuse": False}
 PROBE_KEY = "hfvllm_lab_fuse_probe"  # transformers attention key used on the sample copy only
 
 
-def fusion_enabled(config) -> bool:
-    """On by default; off with `hf_overrides={"lab_fuse": False}` or `HFVLLM_LAB_FUSE=0`."""
+def fusion_setting(config) -> tuple[bool, str]:
+    """(on?, where that came from): on by default; off with `hf_overrides={"lab_fuse": False}` or
+    `HFVLLM_LAB_FUSE=0`."""
     flag = getattr(config, CONFIG_FLAG, None)
     if flag is not None:
-        return bool(flag)
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        return bool(flag), f"hf_overrides {CONFIG_FLAG}={flag!r}"
+    value = os.environ.get(ENV)
+    if value is not None:
+        on = value.strip().lower() not in ("0", "false", "no", "off")
+        return on, f"{ENV}={value}"
+    return True, "default"
 
 
 # -- run-time modules --------------------------------------------------------------------------
@@ -116,6 +121,7 @@ class QKVMaths:
     num_kv_heads: int = 0
     head_size: int = 0
     reason: str = ""
+    note: str = ""  # a stand-in the sample check used (identity rotary tables), recorded with the result
 
 
 @dataclass(frozen=True)
@@ -162,13 +168,16 @@ def _measure_qkv(module: nn.Module, linears: dict[str, nn.Linear], rotary) -> QK
     width = max(hidden, key=lambda w: sum(l.in_features == w for l in linears.values()))
     x = torch.randn(1, 5, width, generator=torch.Generator().manual_seed(12))
     calls: list[tuple[str, torch.Tensor]] = []
+    notes: list[str] = []
     handles = [getattr(probe, n).register_forward_pre_hook(lambda m, a, n=n: calls.append((n, a[0])))
                for n in linears]
     try:
         try:
-            base = call_attention(probe, x, rotary)
+            base = call_attention(probe, x, rotary, notes=notes)
         except Exception as exc:
             return QKVMaths(None, reason=f"could not be run on a sample input ({type(exc).__name__}: {exc})"[:200])
+        # At position 0 a rotation is the identity, so the stand-in does not change which Linear feeds what.
+        note = f"sample check at position 0: {notes[0]}" if notes else ""
         before = [n for n, _ in calls]
         roles: dict[str, str] = {}
         with torch.no_grad():
@@ -181,27 +190,28 @@ def _measure_qkv(module: nn.Module, linears: dict[str, nn.Linear], rotary) -> QK
                 for p, s in zip(lin.parameters(), saved):
                     p.copy_(s)
                 if len(changed) > 1:
-                    return QKVMaths(None, reason=f"{name} feeds {', '.join(changed)} of the attention at once")
+                    return QKVMaths(None, reason=f"{name} feeds {', '.join(changed)} of the attention at once",
+                                    note=note)
                 if changed:
                     roles[name] = changed[0]
     finally:
         for h in handles:
             h.remove()
     if sorted(roles.values()) != ["k", "q", "v"]:
-        return QKVMaths(None, reason=f"query/key/value are not each made by one Linear ({roles})")
+        return QKVMaths(None, reason=f"query/key/value are not each made by one Linear ({roles})", note=note)
     order = tuple(n for n in before if n in roles)
     inputs = [t for n, t in calls[: len(before)] if n in roles]
     if len(order) != 3 or any(t is not inputs[0] for t in inputs):
-        return QKVMaths(None, reason="q/k/v are not each called once on the same input tensor")
+        return QKVMaths(None, reason="q/k/v are not each called once on the same input tensor", note=note)
     q, k, v = base
     if not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
-        return QKVMaths(None, reason="query, key and value head sizes differ")
+        return QKVMaths(None, reason="query, key and value head sizes differ", note=note)
     widths = {r: linears[n].out_features for n, r in roles.items()}
     head = q.shape[-1]
     if widths["q"] != q.shape[1] * head or widths["k"] != k.shape[1] * head or widths["v"] != v.shape[1] * head:
-        return QKVMaths(None, reason="projection widths do not match the attention's heads")
+        return QKVMaths(None, reason="projection widths do not match the attention's heads", note=note)
     ordered = {n: roles[n] for n in order}
-    return QKVMaths(ordered, order, q.shape[1], k.shape[1], head)
+    return QKVMaths(ordered, order, q.shape[1], k.shape[1], head, note=note)
 
 
 ACTIVATIONS = {
@@ -316,9 +326,10 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
     if len(linears) < 3:
         return  # e.g. Phi-3's qkv_proj is fused in the checkpoint already
     maths = classify_qkv(module, rotary)
+    note = f"; {maths.note}" if maths.note else ""
     if maths.roles is None:
         for n in linears:
-            plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason
+            plan.not_fused[f"{name}.{n}"] = NOT_FUSED + maths.reason + note
         return
     members = {maths.roles[n]: n for n in maths.order}  # "q" -> child name
     full = [f"{name}.{members[r]}" for r in "qkv"]
@@ -355,7 +366,7 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
         (sum(l.out_features for l in lins), lins[0].in_features),
         sum(l.weight.numel() + (l.bias.numel() if l.bias is not None else 0) for l in lins),
         f"q/k/v take one input (checked on a sample): {maths.num_heads} q + {maths.num_kv_heads} kv heads of "
-        f"{maths.head_size}; HF forward runs, its q/k/v are slices",
+        f"{maths.head_size}; HF forward runs, its q/k/v are slices{note}",
         fused_from=tuple(full),
     )
 
@@ -435,6 +446,10 @@ class ShardLoader:
 
     def loaded(self) -> set[str]:
         return {fused for fused, members in self.members.items() if members <= self.seen}
+
+    def touched(self) -> set[str]:
+        """Fused parameters any shard of which arrived (a later, partial load)."""
+        return {fused for fused, members in self.members.items() if members & self.seen}
 
     def missing(self) -> list[str]:
         return sorted(m for members in self.members.values() for m in members if m not in self.seen)

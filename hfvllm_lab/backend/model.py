@@ -18,6 +18,7 @@ from hfvllm_lab.backend.attention import (
     register_attention_function,
 )
 from hfvllm_lab.backend.meta import buffer_bytes, materialize, parameter_bytes, parameters_on_meta
+from hfvllm_lab.backend.reload import WeightStash, updates_setting
 from hfvllm_lab.backend.records import (
     ATTENTION,
     LM_HEAD,
@@ -29,11 +30,11 @@ from hfvllm_lab.backend.records import (
     ReplacementRecord,
 )
 from hfvllm_lab.backend.compiled import build_compiled_stack, run_flat
-from hfvllm_lab.backend.fuse import fusion_enabled
+from hfvllm_lab.backend.fuse import fusion_setting
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
-from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError, first_line
+from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError, WeightsError, first_line
 
 # Attribute of `LabForCausalLM` that holds the HF model; checkpoint names are mapped under it.
 ROOT = "hf"
@@ -406,7 +407,8 @@ class LabForCausalLM(nn.Module):
         logit_steps = check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
-        ctx.fuse = fusion_enabled(self.config)  # fusion hook (backend/fuse.py)
+        ctx.fuse, fuse_source = fusion_setting(self.config)  # fusion hook (backend/fuse.py)
+        report.options["fusions and CPU kernels"] = f"{'on' if ctx.fuse else 'off'} ({fuse_source})"
         ctx.device_type = device.type
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
         self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook
@@ -425,6 +427,10 @@ class LabForCausalLM(nn.Module):
             self.text_config.vocab_size, scale=report.logits["scale"], soft_cap=report.logits["soft_cap"]
         )
         self._names = name_map_for(hf, ROOT)
+        self._lab_stash: WeightStash | None = None  # set by the first load_weights (backend/reload.py)
+        self._lab_keep_loadable, source = updates_setting(self.config)
+        report.options["weight updates after load"] = (
+            f"{'on' if self._lab_keep_loadable else 'off'} ({source})")
         self.lab_attention_mode = "vllm"
         # compiled-mode hook (backend/compiled.py): vLLM compiles this stack when enforce_eager=False
         object.__setattr__(self, "_lab_stack", build_compiled_stack(vllm_config, base))
@@ -547,8 +553,18 @@ class LabForCausalLM(nn.Module):
         return self.logits_processor(head, hidden_states, getattr(head, "bias", None))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The first call loads the checkpoint and refuses missing or unexpected tensors; later calls
+        (a trainer's weights in buckets) load any subset and repack what they touched (backend/reload.py)."""
+        if self._lab_stash is not None:
+            return self._load_update(weights)
+        if self.lab_report.loaded_weights:
+            raise WeightsError("load_weights after the first load is off (hf_overrides lab_weight_updates=False): "
+                               "the device's kernels repacked the weights and no loadable copy was kept")
         expected = {n for n, _ in self.named_parameters() if ATTN_ATTR not in n.split(".")}
+        self._conversion.partial = False
         outcome = load_checked(self, weights, self._names, expected, self._conversion)
+        if self._lab_keep_loadable:
+            self._lab_stash = WeightStash(self)
         self.lab_report.loaded_weights = len(outcome.loaded)
         self.lab_report.ignored_weights = outcome.ignored
         real, meta = parameter_bytes(self)
@@ -557,4 +573,19 @@ class LabForCausalLM(nn.Module):
             PhaseBytes("loaded", real, meta, buffer_bytes(self), time.perf_counter() - self._lab_t0,
                        figure.bytes, figure.source)
         )
+        return outcome.loaded
+
+    def _load_update(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        stash = self._lab_stash
+        live = stash.swap_in()
+        touched: set[int] = set()
+        try:
+            self._conversion.partial = True
+            outcome = load_checked(self, weights, self._names, set(), self._conversion, partial=True)
+            params = dict(self.named_parameters(remove_duplicate=False))
+            touched = {id(params[n]) for n in outcome.loaded if n in params}
+        finally:
+            repacked = stash.finish(live, touched)
+        self.lab_report.weight_updates.append(
+            f"{len(outcome.loaded)} parameters updated, {len(repacked)} layers repacked")
         return outcome.loaded

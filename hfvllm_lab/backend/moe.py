@@ -155,6 +155,26 @@ class LabFusedExperts(nn.Module):
         return loaded
 
 
+    def load_expert(self, attr: str, piece) -> str:
+        """One expert's gate, up or down rows (a `backend.reload.ExpertSlice` of HF's packed
+        `gate_up_proj` / `down_proj`), through vLLM's expert loader; the parameter name it wrote."""
+        from hfvllm_lab.errors import WeightsError
+
+        experts = self.runner.routed_experts
+        if attr == "gate_up_proj" and piece.chunks == 2:
+            param, shard_id = experts.w13_weight, ("w1", "w3")[piece.chunk]
+        elif attr == "down_proj" and piece.chunks == 1:
+            param, shard_id = experts.w2_weight, "w2"
+        else:
+            raise WeightsError(f"{attr} (part {piece.chunk} of {piece.chunks}) is not one of the fused experts' "
+                               "gate, up or down projections")
+        if not 0 <= piece.expert < self.plan.num_experts:
+            raise WeightsError(f"expert {piece.expert} of {attr}: {self.plan.num_experts} experts were built")
+        param.weight_loader(param, piece.tensor, weight_name=f"experts.{param_name_hint(shard_id)}",
+                            shard_id=shard_id, expert_id=piece.expert)
+        return {id(p): n for n, p in self.named_parameters()}[id(param)]
+
+
 def param_name_hint(shard_id: str) -> str:
     return "w13_weight" if shard_id in ("w1", "w3") else "w2_weight"
 

@@ -82,19 +82,21 @@ def _measure(module: nn.Module, width: int, eps: float) -> NormMaths:
     return NormMaths(None, eps, width, "computes neither x*w nor x*(1+w) RMS normalisation")
 
 
-def vllm_cpu_kernel(op: str) -> bool:
-    """Whether vLLM's C extension registers `op` (e.g. "_C::rms_norm") with a CPU kernel."""
+def vllm_cpu_kernel(op: str) -> tuple[bool, str]:
+    """(registered?, why not) for `op` (e.g. "_C::rms_norm") with a CPU kernel in vLLM's C extension."""
     try:
         import vllm._custom_ops  # noqa: F401  (loads the _C library)
 
-        return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
-    except Exception:
-        return False
+        if torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"):
+            return True, ""
+        return False, f"vLLM's C extension registers no CPU kernel for {op}"
+    except Exception as exc:  # noqa: BLE001 - the reason is recorded by the caller
+        return False, f"could not ask vLLM's C extension for {op} ({type(exc).__name__}: {exc})"[:240]
 
 
 def cpu_norm_kernel_available() -> bool:
     """vLLM's CPU extension registers `_C::rms_norm` for the CPU (its IR op table does not pick it there)."""
-    return vllm_cpu_kernel("_C::rms_norm")
+    return vllm_cpu_kernel("_C::rms_norm")[0]
 
 
 def build_vllm_norm(maths: NormMaths, *, cpu_kernel: bool = False) -> nn.Module:

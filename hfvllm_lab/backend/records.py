@@ -95,6 +95,9 @@ class BuildReport:
     loaded_weights: int = 0
     ignored_weights: list[str] = field(default_factory=list)
     kept_fp32: list[str] = field(default_factory=list)  # parameters left in float32 by the model's wish
+    # Build options and where each came from, e.g. {"fusions and CPU kernels": "off (hf_overrides lab_fuse=False)"}
+    options: dict[str, str] = field(default_factory=dict)
+    weight_updates: list[str] = field(default_factory=list)  # load_weights calls after the first, in order
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,8 @@ class BuildReport:
             "loaded_weights": self.loaded_weights,
             "ignored_weights": list(self.ignored_weights),
             "kept_fp32": list(self.kept_fp32),
+            "options": dict(self.options),
+            "weight_updates": list(self.weight_updates),
         }
 
     @classmethod
@@ -132,6 +137,7 @@ class BuildReport:
 
     def summary(self) -> str:
         lines = [f"{self.hf_class} built by the lab backend on {self.device} ({self.dtype})"]
+        lines += [f"  {key}: {value}" for key, value in self.options.items()]
         for (kind, action), n in sorted(self.counts().items()):
             lines.append(f"  {kind:<10} {action:<9} {n}")
         if self.logits.get("steps"):

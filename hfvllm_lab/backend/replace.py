@@ -10,11 +10,12 @@ from torch import nn
 
 from hfvllm_lab.backend.attention import dispatches_through_interface
 from hfvllm_lab.backend.norms import (
+    PLAIN,
     build_vllm_norm,
     classify_norm,
-    cpu_norm_kernel_available,
     looks_like_norm,
     uses_cpu_kernel,
+    vllm_cpu_kernel,
 )
 from hfvllm_lab.backend.meta import parameter_count
 from hfvllm_lab.backend.records import (
@@ -44,9 +45,12 @@ class ReplaceContext:
     device_type: str = ""  # where the model runs; "cpu" lets eager steps use vLLM's C kernels (norms.py, rope.py)
 
     @property
-    def cpu_norm_kernel(self) -> bool:
-        """x*w norms run vLLM's `_C.rms_norm` in eager CPU steps (backend/norms.py); off with the fusions."""
-        return self.fuse and self.device_type == "cpu" and cpu_norm_kernel_available()
+    def cpu_norm_kernel(self) -> tuple[bool, str]:
+        """(x*w norms run vLLM's `_C.rms_norm` in eager CPU steps?, why not where it was wanted);
+        backend/norms.py. Wanted on the CPU with the fusions on."""
+        if not (self.fuse and self.device_type == "cpu"):
+            return False, ""
+        return vllm_cpu_kernel("_C::rms_norm")
 
 
 def _shape(module: nn.Module) -> tuple[int, ...]:
@@ -175,8 +179,11 @@ def replace_modules(
                 if maths.convention is None:
                     records.append(_record(name, NORM, KEPT, child, reason=maths.reason))
                 else:
-                    new = build_vllm_norm(maths, cpu_kernel=ctx.cpu_norm_kernel)
+                    use_kernel, why_not = ctx.cpu_norm_kernel
+                    new = build_vllm_norm(maths, cpu_kernel=use_kernel)
                     kernel = " (eager CPU: _C.rms_norm)" if uses_cpu_kernel(new) else ""
+                    if why_not and maths.convention == PLAIN:
+                        kernel = f" (Python ops: {why_not})"
                     records.append(_record(name, NORM, REPLACED, child, new,
                                            reason=f"{maths.convention}{kernel}, width {maths.width}"))
             elif is_packed_experts(child):

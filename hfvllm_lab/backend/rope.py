@@ -93,10 +93,13 @@ def dispatching(original):
     return apply_rotary_pos_emb
 
 
-def kernel_available(device_type: str) -> bool:
+def kernel_available(device_type: str) -> tuple[bool, str]:
+    """(vLLM's `_C.rotary_embedding` serves this device?, why not)."""
     from hfvllm_lab.backend.norms import vllm_cpu_kernel
 
-    return device_type == "cpu" and vllm_cpu_kernel("_C::rotary_embedding")
+    if device_type != "cpu":
+        return False, f"vLLM has no _C.rotary_embedding kernel for {device_type}"
+    return vllm_cpu_kernel("_C::rotary_embedding")
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,9 @@ def plan_rope(attention_modules: dict[str, nn.Module], rotaries: list[nn.Module]
     rotary = rotaries[0] if rotaries else None
     if rotary is None:
         return RopePlan(False, "no rotary module")
-    if not kernel_available(device_type):
-        return RopePlan(False, f"vLLM has no _C.rotary_embedding kernel for {device_type}")
+    available, why_not = kernel_available(device_type)
+    if not available:
+        return RopePlan(False, why_not)
     if not attention_modules:
         return RopePlan(False, "no attention module dispatches through transformers' interface")
     samples: dict[type, nn.Module] = {}
@@ -188,9 +192,12 @@ def _run_sample(module: nn.Module, rotary: nn.Module) -> str:
         if step is not None:
             mine.append(step)
 
+    notes: list[str] = []
     try:
         with torch.no_grad():
-            hf = call_attention(probe, x, rot, positions=positions, capture=False)  # tables unknown: HF ops
+            hf = call_attention(probe, x, rot, positions=positions, capture=False, notes=notes)  # HF ops
+            if notes:  # identity tables would make the check pass without testing a rotation
+                return f"could not be checked on a sample: {notes[0]}"
             handle = rot.register_forward_hook(remember_sample)
             try:
                 lab = call_attention(probe, x, rot, positions=positions, capture=False)  # same tables, remembered

@@ -49,10 +49,12 @@ def cpu_copy(module: nn.Module, seed: int) -> nn.Module:
 
 
 def call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None,
-                    positions: torch.Tensor | None = None, capture: bool = True):
+                    positions: torch.Tensor | None = None, capture: bool = True, notes: list[str] | None = None):
     """Run an attention module's forward with the probe attention; (q, k, v) the attention saw
     (or, with `capture=False` and an attention function that returns, the forward's output).
-    Position 0 everywhere (rotary is the identity) unless `positions` ([1, tokens]) says otherwise."""
+    Position 0 everywhere (rotary is the identity) unless `positions` ([1, tokens]) says otherwise.
+    Where the rotary tables cannot be made (no rotary module, or it raises) identity tables stand
+    in, and `notes` gets a line saying so: the caller records it."""
     tokens = x.shape[1]
     params = inspect.signature(probe.forward).parameters
     kwargs = {}
@@ -62,15 +64,17 @@ def call_attention(probe: nn.Module, x: torch.Tensor, rotary: nn.Module | None,
     kwargs[names[0]] = x
     pos = torch.zeros(1, tokens, dtype=torch.long) if positions is None else positions
     if "position_embeddings" in params:
-        cos_sin = None
+        cos_sin, why = None, "no rotary module was found"
         if rotary is not None:
             try:
                 cos_sin = rotary(x, pos)
-            except Exception:
-                cos_sin = None
+            except Exception as exc:  # noqa: BLE001 - recorded through `notes`
+                why = f"the rotary module {type(rotary).__name__} raised on the sample ({type(exc).__name__}: {exc})"
         if cos_sin is None:
             head = getattr(probe, "head_dim", None) or 1
             cos_sin = (torch.ones(1, tokens, head), torch.zeros(1, tokens, head))
+            if notes is not None:
+                notes.append(f"{why}; identity cos/sin stood in"[:240])
         kwargs["position_embeddings"] = cos_sin
     if "position_ids" in params:
         kwargs["position_ids"] = pos

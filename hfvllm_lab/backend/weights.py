@@ -70,7 +70,7 @@ class CheckpointConversion:
     transformers' own operations and handed on under the target's name.
     """
 
-    def __init__(self, hf_model: nn.Module, hf_state: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, hf_model: nn.Module, hf_state: dict[str, tuple[int, ...]], partial: bool = False) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
 
@@ -84,6 +84,9 @@ class CheckpointConversion:
         # target key -> (converter, {source pattern: [(checkpoint name, tensor)]})
         self._pending: dict[str, tuple[object, dict[str, list[tuple[str, torch.Tensor]]]]] = {}
         self.converted: list[str] = []  # target names produced by a converter
+        # After the first load a converter's sources may arrive in part (one expert): those are handed
+        # on as `ExpertSlice`s under the target's name instead of being converted.
+        self.partial = partial
         self.renamed: dict[str, str] = {}  # checkpoint name -> HF name, where they differ
 
     def describe(self) -> list[str]:
@@ -111,7 +114,18 @@ class CheckpointConversion:
             if self._complete(target, converter, collected):
                 yield from self._convert(target)
         for target in list(self._pending):
-            yield from self._convert(target)
+            if self.partial:
+                yield from self._slices(target)
+            else:
+                yield from self._convert(target)
+
+    def _slices(self, target: str) -> Iterator[tuple[str, object]]:
+        from hfvllm_lab.backend.reload import expert_slice
+
+        converter, collected = self._pending.pop(target)
+        for pattern, items in collected.items():
+            for source, tensor in items:
+                yield target, expert_slice(source, pattern, converter, tensor)
 
     def _complete(self, target: str, converter, collected) -> bool:
         from transformers.core_model_loading import MergeModulelist
@@ -157,9 +171,14 @@ def load_checked(
     names: NameMap,
     expected: set[str],
     conversion: CheckpointConversion | None = None,
+    partial: bool = False,
 ) -> LoadOutcome:
     """Load through vLLM's `AutoWeightsLoader`; raise `WeightsError` listing any missing or
-    unexpected tensors once the whole stream has been seen."""
+    unexpected tensors once the whole stream has been seen. `partial` (a later load, backend/
+    reload.py): any subset loads (single shards of fused layers, single experts); only names that
+    match nothing are refused."""
+    from hfvllm_lab.backend.reload import ExpertSlice, load_expert_slice
+
     from vllm.model_executor.models.utils import AutoWeightsLoader
 
     params = dict(model.named_parameters())
@@ -175,9 +194,16 @@ def load_checked(
     accepted = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() for n in getattr(mod, "lab_accepts", ())}
     copies: dict[str, str] = getattr(model, "lab_tied_copies", None) or {}
 
+    sliced: set[str] = set()  # packed expert parameters updated one expert at a time
+
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in (conversion(weights) if conversion is not None else weights):
             target = names(name)
+            if isinstance(tensor, ExpertSlice) and target is not None:
+                owner, _, attr = target.rpartition(".")
+                changed = load_expert_slice(model.get_submodule(owner), attr, tensor)
+                sliced.add(f"{owner}.{changed}")
+                continue
             known = target is not None and (target in params or target in buffers or target in accepted
                                             or target in shards)
             if names.ignorable(name, known):
@@ -197,7 +223,12 @@ def load_checked(
                 yield copies[target], tensor
 
     loaded = set(AutoWeightsLoader(model).load_weights(mapped()))
-    loaded |= shards.loaded()  # fusion hook: fused parameters whose every shard arrived
+    loaded |= shards.touched() if partial else shards.loaded()  # fusion hook: fused parameters written
+    loaded |= sliced
+    if partial:
+        if unexpected:
+            raise WeightsError(f"names that match nothing in the model: {', '.join(_short(sorted(unexpected)))}")
+        return LoadOutcome(loaded, ignored)
     missing = sorted((expected - loaded - set(shards.members)) | set(shards.missing()))
     if missing or unexpected:
         parts = []

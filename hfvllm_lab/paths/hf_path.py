@@ -63,6 +63,24 @@ class HfPath:
                 out.append(torch.log_softmax(logits.float(), -1).cpu())
         return out
 
+    def decode_along(self, sequences: list[list[int]], prompt_lengths: list[int]) -> list:
+        """Decoding as a transformers rollout computes it: the prompt in one forward, then one token at a
+        time with the model's own KV cache, fed each sequence's own next token. Per sequence the
+        [continuation, vocab] float32 log-probabilities (row 0 from the prompt's last position)."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for seq, n in zip(sequences, prompt_lengths):
+                step = self.model(input_ids=torch.tensor([seq[:n]], device=self.device), use_cache=True)
+                rows = [torch.log_softmax(step.logits[0, -1].float(), -1)]
+                for token in seq[n:-1]:
+                    step = self.model(input_ids=torch.tensor([[token]], device=self.device),
+                                      past_key_values=step.past_key_values, use_cache=True)
+                    rows.append(torch.log_softmax(step.logits[0, -1].float(), -1))
+                out.append(torch.stack(rows).cpu())
+        return out
+
     def generate(self, prompts: list[str], max_tokens: int, top_k: int = 5) -> list[Generation]:
         return [self._generate_one(p, max_tokens, top_k) for p in prompts]
 

@@ -30,6 +30,10 @@ class HfSideRequest:
     teacher_forcing: bool = True
     # Also score (and capture) in float32: the truth that reduced-precision paths are judged by.
     float32_truth: bool = False
+    # The engine's own greedy sequences (prompt + continuation), to judge its decode steps: teacher-
+    # forced in the truth's dtype, and decoded by transformers in the session's dtype (the floor).
+    decode_sequences: list[list[int]] = field(default_factory=list)
+    decode_prompt_lengths: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +54,8 @@ class HfSideResult:
     capture_ids: list[int] | None = None
     float32_scores: list[Any] | None = None
     float32_captures: dict[str, Any] | None = None
+    decode_truth: list[Any] | None = None  # per decode sequence, continuation rows teacher-forced (truth dtype)
+    decode_reference: list[Any] | None = None  # the same rows decoded by transformers in the session's dtype
 
 
 def run_hf_side(req: HfSideRequest) -> HfSideResult:
@@ -81,6 +87,10 @@ def run_hf_side(req: HfSideRequest) -> HfSideResult:
             result.captures = probes.capture(result.capture_ids)
         if req.teacher_forcing:
             result.scores = path.score(result.sequences)
+        if req.decode_sequences:
+            result.decode_reference = path.decode_along(req.decode_sequences, req.decode_prompt_lengths)
+            if not (req.float32_truth and req.dtype != "float32"):
+                result.decode_truth = _continuations(path, req)
     finally:
         path.close()
     if req.float32_truth and req.dtype != "float32":
@@ -89,9 +99,18 @@ def run_hf_side(req: HfSideRequest) -> HfSideResult:
             result.float32_scores = truth.score(result.sequences) if req.teacher_forcing else None
             if result.capture_ids is not None:
                 result.float32_captures = HfProbes(truth).capture(result.capture_ids)
+            if req.decode_sequences:
+                result.decode_truth = _continuations(truth, req)
         finally:
             truth.close()
     return result
+
+
+def _continuations(path, req: HfSideRequest) -> list:
+    from hfvllm_lab.paths.hf_scoring import continuation_rows
+
+    return [continuation_rows(s, n, len(q)) for s, n, q in
+            zip(path.score(req.decode_sequences), req.decode_prompt_lengths, req.decode_sequences)]
 
 
 def transformers_patched_by_vllm(model_dir: Path, trust_remote_code: bool = False) -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hfvllm_lab.errors import InputError, LabError, UnsupportedModelError
+from hfvllm_lab.paths.engine_args import MergedArgs, merge_engine_args
+from hfvllm_lab.probes.payloads import DECODE_PROBE
 from hfvllm_lab.probes.worker import EXTENSION
 from hfvllm_lab.results.generation import Generation
 
@@ -45,6 +47,32 @@ def kv_cache_bytes(config, settings: EngineSettings) -> int:
     return 2 * tokens * per_token + (8 << 20)
 
 
+# The KV cache a default max_model_len may take, as a share of the device's free memory.
+KV_SHARE = 0.08
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def choose_max_model_len(config, settings: EngineSettings, requested: int | None, free_bytes: int) -> tuple[int, str]:
+    """(max_model_len, why): as requested, else the model's own context length, capped (in whole
+    128-token blocks) so the KV cache of `max_num_seqs` sequences takes at most KV_SHARE of free memory."""
+    if requested is not None:
+        return requested, "requested"
+    text = config.get_text_config()
+    own = next((v for k in POSITION_KEYS if isinstance(v := getattr(text, k, None), int) and v > 0), None)
+    if own is None:
+        own, source = 2048, "the config names no context length; 2048"
+    else:
+        source = f"the model's context length {own}"
+    length, block = own, 128
+    probe = lambda n: kv_cache_bytes(config, replace(settings, max_model_len=n))  # noqa: E731
+    while length > block and probe(length) > KV_SHARE * free_bytes:
+        length = max(block, (length // 2) // block * block)
+    if length == own:
+        return length, f"auto: {source}"
+    return length, (f"auto: {source}, capped at {length} so the KV cache of {settings.max_num_seqs} sequences "
+                    f"(~{probe(length) >> 20} MiB) stays under {KV_SHARE:.0%} of free memory")
+
+
 def estimated_engine_bytes(config, settings: EngineSettings) -> int:
     """Parameters (the checkpoint's tensors, rescaled to the engine dtype) plus the KV cache."""
     from hfvllm_lab.device import checkpoint_dtype
@@ -55,7 +83,9 @@ def estimated_engine_bytes(config, settings: EngineSettings) -> int:
     return weights * wanted // stored + kv_cache_bytes(config, settings)
 
 
-def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
+def engine_kwargs(settings: EngineSettings) -> MergedArgs:
+    """The Session's own `vllm.LLM` arguments with the user's engine_args merged on top
+    (`paths/engine_args.py`: refused where they would change what runs or can be observed)."""
     from transformers import AutoConfig
 
     from hfvllm_lab.backend import ARCH
@@ -86,6 +116,8 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         enable_prefix_caching=False,
         # Ignore the checkpoint's generation_config: the lab compares pure greedy decoding.
         generation_config="vllm",
+        # Sampling-step distributions and forced decoding (probes/decode.py), on every backend.
+        logits_processors=[DECODE_PROBE],
     )
     # On every device: without it the CPU backend reserves ~90% of RAM and GPUs a fixed share of
     # the card, leaving no room for the HF path a notebook compares against.
@@ -94,8 +126,7 @@ def engine_kwargs(settings: EngineSettings) -> dict[str, Any]:
         kwargs["hf_overrides"] = {"architectures": [ARCH]}
     elif settings.backend == "transformers":
         kwargs["model_impl"] = "transformers"
-    kwargs.update(settings.extra)
-    return kwargs
+    return merge_engine_args(kwargs, settings.extra, backend=settings.backend, mode=settings.mode, lab_arch=ARCH)
 
 
 def preflight(settings: EngineSettings):
@@ -150,6 +181,15 @@ def _check_vllm_reads_config(settings: EngineSettings) -> None:
         ) from exc
 
 
+def built_backend(model_class: str) -> str:
+    """Which of BACKENDS a built model class (`module.QualName`) belongs to."""
+    if model_class.startswith("hfvllm_lab."):
+        return "lab"
+    if model_class.startswith("vllm.model_executor.models.transformers"):
+        return "transformers"
+    return "native"
+
+
 def lab_error_in(exc: BaseException) -> LabError | None:
     """The project's own error somewhere in an exception's cause chain (vLLM wraps them)."""
     seen = set()
@@ -174,7 +214,9 @@ class VllmPath:
         from vllm import LLM
 
         self.settings = settings
-        self.kwargs = engine_kwargs(settings)
+        merged = engine_kwargs(settings)
+        self.kwargs, self.arg_notes = merged.kwargs, merged.notes
+        self.untracked_calls = 0  # apply_model calls made directly on this engine (maybe edits)
         try:
             self.llm = LLM(**self.kwargs)
         except Exception as exc:
@@ -191,8 +233,11 @@ class VllmPath:
     def closed(self) -> bool:
         return self.llm is None
 
-    def apply_model(self, fn: Callable) -> list:
-        """Run `fn(model)` on the model inside each worker (one answer per rank)."""
+    def apply_model(self, fn: Callable, *, track: bool = True) -> list:
+        """Run `fn(model)` on the model inside each worker (one answer per rank). Counted in
+        `untracked_calls`: a rebuild of this engine could not repeat them (Session.apply_model can)."""
+        if track:
+            self.untracked_calls += 1
         return self.llm.apply_model(fn)
 
     def rpc(self, method: str, *args) -> Any:
@@ -218,9 +263,15 @@ class VllmPath:
             logprobs=top_k,
             prompt_logprobs=0 if prompt_logprobs else None,
         )
+        outputs = self.run(prompts, params)
+        return [to_generation(prompt if isinstance(prompt, str) else "", out) for prompt, out in zip(prompts, outputs)]
+
+    def run(self, prompts: list[str | list[int]], params) -> list:
+        """`LLM.generate` with one SamplingParams or one per prompt; vLLM's RequestOutputs in order.
+        An interrupted or failed call leaves no request behind; the lab's own errors surface as such."""
         try:
             inputs = [p if isinstance(p, str) else {"prompt_token_ids": list(p)} for p in prompts]
-            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            return self.llm.generate(inputs, params, use_tqdm=False)
         except KeyboardInterrupt:
             self.abort_unfinished()
             raise
@@ -230,7 +281,6 @@ class VllmPath:
             if lab is not None:
                 raise type(lab)(str(lab)) from exc
             raise
-        return [to_generation(prompt if isinstance(prompt, str) else "", out) for prompt, out in zip(prompts, outputs)]
 
     def score(self, sequences: list[list[int]]) -> list:
         """Teacher forcing: each token sequence prefilled on its own; the full next-token
@@ -295,19 +345,53 @@ def to_generation(prompt: str, out) -> Generation:
     )
 
 
-def _score_on_fresh_engine(settings: EngineSettings, sequences: list[list[int]]) -> list:
+def _on_fresh_engine(settings: EngineSettings, job: Callable, args: tuple, edits: bytes | None):
     with VllmPath(settings) as path:
-        return path.score(sequences)
+        notes = apply_edits(path, edits) if edits else []
+        return job(path, *args), notes
 
 
-def score_isolated(settings: EngineSettings, sequences: list[list[int]]) -> list:
-    """`VllmPath.score` on an engine of its own in a spawned child process: two engines cannot
-    share this process (closing one tears down the distributed groups the other uses)."""
+def run_isolated(settings: EngineSettings, job: Callable, *args, edits: bytes | None = None):
+    """`job(path, *args)` on an engine of its own in a spawned child process (two engines cannot share
+    this process: closing one tears down the distributed groups the other uses). `job` is a module-level
+    function; `edits` (`pickled_edits`) are applied to the child's model first. Returns (what the job
+    returned, notes on edits that could not be applied)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_score_on_fresh_engine, settings, sequences).result()
+        return pool.submit(_on_fresh_engine, settings, job, args, edits).result()
+
+
+def pickled_edits(edits: list[Callable]) -> tuple[bytes | None, str]:
+    """A Session's apply_model edits for a child engine (cloudpickle carries lambdas and closures), or
+    why they cannot travel."""
+    if not edits:
+        return None, ""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(list(edits)), ""
+    except Exception as exc:  # noqa: BLE001 - the reason is reported
+        return None, f"the Session's edits could not be sent to a child engine ({type(exc).__name__}: {exc})"
+
+
+def apply_edits(path: "VllmPath", edits: bytes) -> list[str]:
+    """Apply pickled edits to a child engine's model; notes for those that fail on this model class."""
+    import cloudpickle
+
+    notes = []
+    for i, fn in enumerate(cloudpickle.loads(edits)):
+        try:
+            path.apply_model(fn, track=False)
+        except Exception as exc:  # noqa: BLE001 - another backend's modules may not have what an edit needs
+            notes.append(f"edit {i} ({getattr(fn, '__name__', 'fn')}) not applied: {type(exc).__name__}: {exc}"[:240])
+    return notes
+
+
+def score_job(path: "VllmPath", sequences: list[list[int]]) -> list:
+    """Teacher-forced scores of `sequences` (for run_isolated)."""
+    return path.score(sequences)
 
 
 def has_native_class(config) -> bool:

@@ -6,6 +6,7 @@ share one definition and read attributes, never string keys. Plain data only: no
 
 Each probe method and what it returns:
 
+    lab_model_class       str, the built model class as `module.QualName`
     lab_build_report      backend.records.BuildReport (a copy), or None for other backends
     lab_module_tree       list[results.replacements.ModuleNode]
     lab_memory            MemoryPayload
@@ -13,11 +14,17 @@ Each probe method and what it returns:
     lab_timing_stop       results.timing.LayerTiming, or None when no probe was running
     lab_capture_stop      dict[str, torch.Tensor] (module name -> CPU output), or None
     lab_logprobs_stop     list[torch.Tensor] ([tokens, vocab] per prefill), or None
+    lab_decode_take       dict[str, torch.Tensor] (request key -> [steps, vocab] of sampling steps)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# The decode probe (probes/decode.py): the logits processor every lab-built engine gets, and the key
+# of SamplingParams.extra_args a request uses to ask it for captures or forced tokens.
+DECODE_PROBE = "hfvllm_lab.probes.decode:LabDecodeProbe"
+DECODE_EXTRA_KEY = "hfvllm_lab"
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class MemoryPayload:
     param_bytes: int
     process_bytes: int
     source: str
+    # Parameter bytes the lab keeps loadable for later load_weights calls beside the copies the
+    # device's kernels packed (backend/reload.py); 0 where nothing was repacked or nothing is kept.
+    loadable_copy_bytes: int = 0
 
 
 @dataclass(frozen=True)

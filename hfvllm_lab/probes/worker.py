@@ -47,6 +47,11 @@ class LabWorkerExtension:
         return observed_modules(self._lab_model(), self._lab_num_layers(), self._lab_strip())
 
     # -- build records, tree, memory -----------------------------------------------------
+    def lab_model_class(self) -> str:
+        """The class vLLM actually built, as `module.QualName`: what every label is derived from."""
+        cls = type(self._lab_model())
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     def lab_build_report(self) -> BuildReport | None:
         """A copy of the lab backend's build report (in-process the caller must not share the
         model's own object); None for the other backends, which keep no records."""
@@ -71,8 +76,9 @@ class LabWorkerExtension:
         model = self._lab_model()
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         figure = memory_figure(self._lab_device())
+        stash = getattr(model, "_lab_stash", None)
         return MemoryPayload(kv_cache_bytes=kv_bytes, param_bytes=param_bytes, process_bytes=figure.bytes,
-                             source=figure.source)
+                             source=figure.source, loadable_copy_bytes=stash.extra_bytes() if stash else 0)
 
     # -- attention -----------------------------------------------------------------------
     def lab_attention_start(self) -> None:
@@ -196,3 +202,34 @@ class LabWorkerExtension:
             return None
         self._lab_logprobs = None
         return capture.detach()
+
+    # -- sampling-step distributions (probes/decode.py) -------------------------------------
+    def lab_decode_take(self) -> dict[str, torch.Tensor]:
+        """What the decode probe captured since the last take, per request key."""
+        return self._lab_decode_probe().take()
+
+    def lab_decode_reset(self) -> None:
+        self._lab_decode_probe().take()
+
+    def lab_set_logprobs_mode(self, mode: str) -> str:
+        """Switch the live sampler's logprobs_mode (vLLM keeps a copy in its top-k/top-p sampler too);
+        returns the previous mode. On the CPU the forward does not depend on it."""
+        sampler = self.model_runner.sampler
+        previous = sampler.logprobs_mode
+        sampler.logprobs_mode = mode
+        inner = getattr(sampler, "topk_topp_sampler", None)
+        if inner is not None and hasattr(inner, "logprobs_mode"):
+            inner.logprobs_mode = mode
+        return previous
+
+    def _lab_decode_probe(self):
+        from hfvllm_lab.errors import ProbeUnavailableError
+        from hfvllm_lab.probes.decode import LabDecodeProbe
+
+        processors = getattr(getattr(getattr(self.model_runner, "input_batch", None), "logitsprocs", None), "all", None)
+        probe = next((p for p in processors or () if isinstance(p, LabDecodeProbe)), None)
+        if probe is None:
+            raise ProbeUnavailableError(
+                "the decode probe is not among this engine's logits processors: vLLM's model runner V2 "
+                "(the default where Triton is installed) builds them differently; set VLLM_USE_V2_MODEL_RUNNER=0")
+        return probe

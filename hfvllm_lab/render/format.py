@@ -235,25 +235,40 @@ FIGURE_HEADERS = ("path", "label", "tokens/s", "tokens", "time", "params", "memo
 FIGURE_ALIGN = "llrrrrrl"
 
 
-TEACHER_HEADERS = ["", "path", "KL mean", "KL p99", "KL max", "top-1", "max |dlogp| target"]
-TEACHER_ALIGN = "llrrrrr"
+TEACHER_HEADERS = ["", "steps", "path", "KL mean", "KL p99", "KL max", "top-1", "max |dlogp| target"]
+TEACHER_ALIGN = "lllrrrrr"
 
 
 def teacher_rows(teacher) -> list[list[str]]:
-    """The judged path and each noise floor, against the truth, one row each."""
+    """The judged path and each noise floor, against the truth, one row each: prefill, then decode."""
+    parts = [("prefill", teacher.judged, teacher.floors),
+             ("decode", getattr(teacher, "decode_judged", None), getattr(teacher, "decode_floors", []))]
     rows = []
-    for role, d in [("judged", teacher.judged)] + [("floor", f) for f in teacher.floors]:
-        if d is not None:
-            rows.append([role, d.path, fmt_sci(d.kl_mean, 2), fmt_sci(d.kl_p99, 2), fmt_sci(d.kl_max, 2),
-                         f"{d.top1_agreement:.1%}", fmt_sci(d.max_target_logprob_diff, 2)])
+    for steps, judged, floors in parts:
+        for role, d in [("judged", judged)] + [("floor", f) for f in floors]:
+            if d is not None and judged is not None:
+                rows.append([role, steps, d.path, fmt_sci(d.kl_mean, 2), fmt_sci(d.kl_p99, 2), fmt_sci(d.kl_max, 2),
+                             f"{d.top1_agreement:.1%}", fmt_sci(d.max_target_logprob_diff, 2)])
     return rows
 
 
 def teacher_heading(teacher) -> str:
     d = teacher.judged
     against = d.against if d is not None else "?"
-    return (f"teacher-forced: {len(teacher.sequences)} sequences (prompt + reference greedy continuation), "
+    line = (f"teacher-forced: {len(teacher.sequences)} sequences (prompt + reference greedy continuation), "
             f"{d.positions if d is not None else 0} positions, full distributions against {against}")
+    decode = getattr(teacher, "decode_judged", None)
+    if decode is not None:
+        line += (f"; decode: the engine's {len(teacher.decode_sequences)} greedy sequences, {decode.positions} "
+                 "decode steps, against the truth teacher-forced on the same tokens")
+    return line
+
+
+def part_verdicts(teacher) -> str:
+    """"prefill: within noise (0.96x); decode: beyond noise (5.2x)" where both were judged."""
+    parts = [("prefill", getattr(teacher, "prefill_verdict", None)), ("decode", getattr(teacher, "decode_verdict", None))]
+    shown = [f"{name}: {v.status}" + (f" ({v.ratio:.2g}x)" if v.ratio is not None else "") for name, v in parts if v]
+    return "; ".join(shown) if len(shown) > 1 else ""
 
 
 def verdict_line(cmp) -> str:

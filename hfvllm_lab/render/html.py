@@ -14,6 +14,7 @@ from html import escape
 from hfvllm_lab.render.format import (
     TEACHER_ALIGN,
     TEACHER_HEADERS,
+    part_verdicts,
     teacher_heading,
     teacher_rows,
     verdict_line,
@@ -133,6 +134,9 @@ def tree_html(nodes, open_depth: int = 2) -> str:
 def replacement_log_html(log) -> str:
     """Header, counts per original class, kept records, and the colour-coded collapsible tree."""
     body = [_p(f"HF class: {log.hf_class}")]
+    if log.model_class:
+        body.append(_p(f"built by vLLM: {log.model_class}"))
+    body += [_p(f"{key}: {value}", "hvl-option") for key, value in log.options.items()]
     if log.note:
         body.append(_p(f"note: {log.note}", "hvl-note"))
     if log.records:
@@ -251,6 +255,8 @@ def comparison_html(cmp) -> str:
         body.append(_p(f"rule: {v.rule}"))
         body.append(_p(teacher_heading(cmp.teacher)))
         body.append(table(TEACHER_HEADERS, teacher_rows(cmp.teacher), align=TEACHER_ALIGN, css_class="hvl-teacher"))
+        if part_verdicts(cmp.teacher):
+            body.append(_p(f"judged parts: {part_verdicts(cmp.teacher)}", "hvl-parts"))
         body.extend(_p(f"note: {n}") for n in cmp.teacher.notes)
     for i, pc in enumerate(cmp.prompts):
         ok = pc.parity.ok
@@ -280,8 +286,10 @@ def session_html(session) -> str:
     """A small card with what a session was opened with; reads plain attributes only (no engine calls)."""
     closed = getattr(session, "closed", False)
     fields = [("model", "model_name"), ("device", "device"), ("dtype", "dtype"), ("backend", "backend"),
-              ("attention", "attention_path"), ("HF attention", "hf_attention")]
+              ("built class", "model_class"), ("mode", "mode"), ("attention", "attention_path"),
+              ("HF attention", "hf_attention")]
     rows = [[label, fmt_opt(getattr(session, attr, None))] for label, attr in fields]
+    rows += [["engine argument", note] for note in getattr(session, "engine_notes", None) or []]
     state = (_badge("closed", "hvl-fail", FAIL_BADGE) if closed else _badge("open", "hvl-ok", OK_BADGE))
     body = [table(["", ""], rows, css_class="hvl-session-fields"), f'<div style="margin:2px 0">state: {state}</div>',
             _p("see .replacements, .memory, .attention, .profile(), .compare(), .bisect(), .dashboard()")]

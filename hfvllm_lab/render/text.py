@@ -5,6 +5,7 @@ from __future__ import annotations
 from hfvllm_lab.render.format import (
     TEACHER_ALIGN,
     TEACHER_HEADERS,
+    part_verdicts,
     teacher_heading,
     teacher_rows,
     verdict_line,
@@ -47,6 +48,9 @@ def replacement_log_text(log) -> str:
     """Header, candidates per original class by action, then the kept records with their reasons."""
     lines = _title(f"ReplacementLog: {log.model} ({log.backend} backend)")
     lines.append(f"HF class: {log.hf_class}")
+    if log.model_class:
+        lines.append(f"built by vLLM: {log.model_class}")
+    lines += [f"{key}: {value}" for key, value in log.options.items()]
     if log.note:
         lines.append(f"note: {log.note}")
     lines.append("")
@@ -214,6 +218,8 @@ def comparison_text(cmp) -> str:
         lines.append(f"rule: {cmp.verdict.rule}")
         lines.append(teacher_heading(cmp.teacher))
         lines.append(text_table(TEACHER_HEADERS, teacher_rows(cmp.teacher), align=TEACHER_ALIGN))
+        if part_verdicts(cmp.teacher):
+            lines.append(f"judged parts: {part_verdicts(cmp.teacher)}")
         lines.extend(f"note: {n}" for n in cmp.teacher.notes)
         lines.append(THIN)
     for i, pc in enumerate(cmp.prompts):
@@ -250,5 +256,7 @@ def teacher_text(teacher) -> str:
     if teacher.verdict is not None:
         v = teacher.verdict
         lines.append(f"verdict: {v.label}" + (f" ({v.ratio:.2f}x)" if v.ratio is not None else "") + f" - {v.reason}")
+    if part_verdicts(teacher):
+        lines.append(f"judged parts: {part_verdicts(teacher)}")
     lines.extend(f"note: {n}" for n in teacher.notes)
     return "\n".join(lines)

@@ -112,7 +112,19 @@ class Comparison:
             return Verdict("pass" if parity_ok else "fail", None, "free-running greedy parity", failed or "identical")
         if teacher.status in ("pass", "fail") and not parity_ok:
             return Verdict("fail", None, teacher.rule, f"free-running: {failed}; teacher-forced: {teacher.reason}")
-        return teacher
+        from hfvllm_lab.rules import with_module_caveat
+
+        module, ratio = self._bisect_beyond()
+        return with_module_caveat(teacher, module, ratio)
+
+    def _bisect_beyond(self) -> tuple[str | None, float | None]:
+        """The first module bisect found beyond its tolerance or noise, and by how much (noise mode)."""
+        if self.bisect is None or self.bisect.first_divergent is None:
+            return None, None
+        row = next((r for r in self.bisect.rows if r.module == self.bisect.first_divergent), None)
+        ratio = (row.relative_error / max(row.noise, 1e-12)
+                 if row is not None and row.relative_error is not None and row.noise else None)
+        return self.bisect.first_divergent, ratio
 
     @property
     def ok(self) -> bool:

@@ -35,6 +35,8 @@ class ReplacementLog:
     records: list[ReplacementRecord] = field(default_factory=list)
     tree: list[ModuleNode] = field(default_factory=list)
     note: str = ""  # how the log was obtained, e.g. observed from classes for other backends
+    model_class: str = ""  # the class vLLM actually built, e.g. "hfvllm_lab.backend.model.LabForCausalLM"
+    options: dict[str, str] = field(default_factory=dict)  # build options and where each came from
 
     def counts(self) -> dict[str, dict[str, int]]:
         """original class -> {action: count} over the records."""
@@ -55,7 +57,8 @@ class ReplacementLog:
 
     def to_dict(self) -> dict[str, Any]:
         return plain({"model": self.model, "backend": self.backend, "hf_class": self.hf_class,
-                      "records": self.records, "tree": self.tree, "note": self.note})
+                      "records": self.records, "tree": self.tree, "note": self.note,
+                      "model_class": self.model_class, "options": self.options})
 
     def tree_text(self) -> str:
         from hfvllm_lab import display

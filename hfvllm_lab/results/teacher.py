@@ -37,6 +37,8 @@ class Verdict:
     ratio: float | None  # judged / noise floor (reduced precision only)
     rule: str
     reason: str
+    part: str = ""  # which judged part decided it, where there were several ("prefill", "decode")
+    caveat: str = ""  # what an ok verdict must not hide, e.g. a module bisect found beyond its noise
 
     @property
     def ok(self) -> bool:
@@ -44,7 +46,10 @@ class Verdict:
 
     @property
     def label(self) -> str:
-        return self.status.upper() if self.status in ("pass", "fail") else self.status
+        label = self.status.upper() if self.status in ("pass", "fail") else self.status
+        if self.part and not self.ok:
+            label = f"{label} ({self.part})"
+        return f"{label}; {self.caveat.split('; ', 1)[-1]}" if self.caveat else label
 
 
 @dataclass
@@ -57,19 +62,33 @@ class TeacherForced:
     prompt_lengths: list[int] = field(default_factory=list)
     judged: DistributionDiff | None = None
     floors: list[DistributionDiff] = field(default_factory=list)
-    verdict: Verdict | None = None
+    verdict: Verdict | None = None  # the worse of prefill and decode, naming which
     notes: list[str] = field(default_factory=list)  # e.g. why a floor was not measured
+    prefill_verdict: Verdict | None = None
+    # Decode steps: the engine's own greedy sequences; rows of its decode steps against the truth
+    # teacher-forced on the same tokens; floors decoded the same ways (transformers' KV cache, vLLM native).
+    decode_sequences: list[list[int]] = field(default_factory=list)
+    decode_prompt_lengths: list[int] = field(default_factory=list)
+    decode_judged: DistributionDiff | None = None
+    decode_floors: list[DistributionDiff] = field(default_factory=list)
+    decode_verdict: Verdict | None = None
 
     def to_frame(self):
         from hfvllm_lab.results._base import frame
 
-        rows = [dict(role="judged", **self.judged.summary())] if self.judged else []
-        rows += [dict(role="noise floor", **f.summary()) for f in self.floors]
+        rows = [dict(role="judged", steps="prefill", **self.judged.summary())] if self.judged else []
+        rows += [dict(role="noise floor", steps="prefill", **f.summary()) for f in self.floors]
+        if self.decode_judged is not None:
+            rows.append(dict(role="judged", steps="decode", **self.decode_judged.summary()))
+            rows += [dict(role="noise floor", steps="decode", **f.summary()) for f in self.decode_floors]
         return frame(rows)
 
     def to_dict(self) -> dict[str, Any]:
         return plain({"dtype": self.dtype, "sequences": self.sequences, "prompt_lengths": self.prompt_lengths,
-                      "judged": self.judged, "floors": self.floors, "verdict": self.verdict, "notes": self.notes})
+                      "judged": self.judged, "floors": self.floors, "verdict": self.verdict, "notes": self.notes,
+                      "prefill_verdict": self.prefill_verdict, "decode_sequences": self.decode_sequences,
+                      "decode_prompt_lengths": self.decode_prompt_lengths, "decode_judged": self.decode_judged,
+                      "decode_floors": self.decode_floors, "decode_verdict": self.decode_verdict})
 
     def __repr__(self) -> str:
         from hfvllm_lab import display

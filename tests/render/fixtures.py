@@ -172,9 +172,11 @@ def comparison(prompt: str = "The quick brown fox") -> Comparison:
     )
 
 
-def teacher_forced(ratio: float = 0.9):
-    """Two sequences: the judged path at `ratio` x a floor; position 0 of each agrees exactly."""
+def teacher_forced(ratio: float = 0.9, decode_ratio: float | None = None):
+    """Two sequences: the judged path at `ratio` x a floor; position 0 of each agrees exactly. With
+    `decode_ratio`, decode steps judged too, the verdict the worse of the two parts."""
     from hfvllm_lab.results.teacher import DistributionDiff, TeacherForced, Verdict
+    from hfvllm_lab.rules import worse_of
 
     floor_kl = [[0.0, 1e-3, 2e-3, 1e-3], [0.0, 3e-3, 1e-3]]
     judged_kl = [[k * ratio for k in row] for row in floor_kl]
@@ -185,6 +187,15 @@ def teacher_forced(ratio: float = 0.9):
                                 max(flat), 0.95, 0.1, kls)
 
     status = "within noise" if ratio <= 2.5 else "beyond noise"
-    return TeacherForced("bfloat16", [[1, 2, 3, 4, 5], [1, 6, 7, 8]], [3, 2], diff("lab (bfloat16)", judged_kl),
-                         [diff("transformers (bfloat16)", floor_kl)],
-                         Verdict(status, ratio, "rule", f"KL mean at {ratio}x the floor"))
+    teacher = TeacherForced("bfloat16", [[1, 2, 3, 4, 5], [1, 6, 7, 8]], [3, 2], diff("lab (bfloat16)", judged_kl),
+                            [diff("transformers (bfloat16)", floor_kl)],
+                            Verdict(status, ratio, "rule", f"KL mean at {ratio}x the floor"))
+    teacher.prefill_verdict = teacher.verdict
+    if decode_ratio is not None:
+        teacher.decode_sequences, teacher.decode_prompt_lengths = [[1, 2, 3, 4, 5]], [2]
+        teacher.decode_judged = diff("lab (bfloat16), decode steps", [[k * decode_ratio for k in floor_kl[0]]])
+        teacher.decode_floors = [diff("transformers (bfloat16, KV-cache decode)", floor_kl[:1])]
+        teacher.decode_verdict = Verdict("beyond noise" if decode_ratio > 2.5 else "within noise", decode_ratio,
+                                         "rule", f"KL mean at {decode_ratio}x the floor")
+        teacher.verdict = worse_of([("prefill", teacher.prefill_verdict), ("decode", teacher.decode_verdict)])
+    return teacher

@@ -119,5 +119,13 @@ def test_long_prompts_are_cut_and_length_mismatch_is_marked():
 
 def test_teacher_forced_text_names_the_judged_path_the_floor_and_the_verdict():
     text = repr(fixtures.teacher_forced(ratio=0.9))
-    assert "judged  lab (bfloat16)" in text and "floor   transformers (bfloat16)" in text
+    assert "judged  prefill  lab (bfloat16)" in text and "floor   prefill  transformers (bfloat16)" in text
     assert "verdict: within noise (0.90x)" in text
+
+
+def test_teacher_forced_text_shows_decode_steps_beside_prefill():
+    text = repr(fixtures.teacher_forced(ratio=0.9, decode_ratio=4.0))
+    assert "judged  decode   lab (bfloat16), decode steps" in text
+    assert "floor   decode   transformers (bfloat16, KV-cache decode)" in text
+    assert "judged parts: prefill: within noise (0.9x); decode: beyond noise (4x)" in text
+    assert "verdict: beyond noise (decode) (4.00x)" in text
