@@ -1,5 +1,5 @@
-"""Command line: `hfvllm-lab compare [MODEL]` (also `make demo`) and `hfvllm-lab coverage [ARCH ...]`
-(also `make coverage`)."""
+"""Command line: `hfvllm-lab compare [MODEL]` (also `make demo`), `hfvllm-lab rollout [MODEL]`,
+`hfvllm-lab diagnose [MODEL]` and `hfvllm-lab coverage [ARCH ...]` (also `make coverage`)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,54 @@ def compare(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(data, indent=1, default=str))
         print(f"JSON: {args.json}")
     return 0 if cmp.ok else 1
+
+
+def _open(args: argparse.Namespace):
+    from hfvllm_lab.session import Session
+
+    return Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend, mode=args.mode,
+                   lm_head_dtype=getattr(args, "lm_head_dtype", None))
+
+
+def _write(args: argparse.Namespace, title: str, result, figures: list[tuple[object, str]]) -> None:
+    if args.html:
+        from hfvllm_lab.render.html import figure_to_img_tag, report_html
+
+        body = result._repr_html_() + "".join(figure_to_img_tag(fig, alt=alt) for fig, alt in figures)
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(report_html(title, [(title, body)]))
+        print(f"\nHTML report: {args.html}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        print(f"JSON: {args.json}")
+
+
+def rollout(args: argparse.Namespace) -> int:
+    from hfvllm_lab.session import DEFAULT_PROMPTS
+
+    with _open(args) as session:
+        print(f"{session!r}\n", flush=True)
+        result = session.rollout(args.prompt or DEFAULT_PROMPTS, n=args.n, max_tokens=args.max_tokens,
+                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                                 logprobs_mode=args.logprobs_mode, trainer_dtype=args.trainer_dtype,
+                                 native_floor=False if args.no_native_floor else None)
+    print(repr(result))
+    _write(args, f"hfvllm_lab rollout: {result.model}", result,
+           [(result.plot("ratio"), "importance ratios"), (result.plot("position"), "|log-ratio| by position")])
+    return 0 if result.ok else 1
+
+
+def diagnose(args: argparse.Namespace) -> int:
+    from hfvllm_lab.session import DEFAULT_PROMPTS
+
+    with _open(args) as session:
+        print(f"{session!r}\n", flush=True)
+        result = session.diagnose(args.prompt or DEFAULT_PROMPTS, lenses=args.lenses, n=args.n,
+                                  max_tokens=args.max_tokens, seed=args.seed)
+    print(repr(result))
+    _write(args, f"hfvllm_lab diagnose: {result.model}", result, [(result.plot(), "arms against the floor")])
+    return 0 if not result.beyond else 1
 
 
 def coverage(args: argparse.Namespace) -> int:
@@ -78,6 +126,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=compare)
+    for name, helptext in (("rollout", "RL rollout mismatch: engine samples scored by the trainer (transformers)"),
+                           ("diagnose", "which engine factor causes a mismatch, lens by lens")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("model", nargs="?", default=None, help="zoo name or checkpoint directory (default: zoo llama)")
+        p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--dtype", default="auto")
+        p.add_argument("--backend", default="lab", choices=["lab", "transformers", "native"])
+        p.add_argument("--mode", default="inspect", choices=["inspect", "fast"])
+        p.add_argument("--lm-head-dtype", default=None, choices=["float32"],
+                       help="hf_overrides head_dtype: the LM head and logits in float32")
+        p.add_argument("--n", type=int, default=4 if name == "rollout" else 2, help="samples per prompt")
+        p.add_argument("--max-tokens", type=int, default=32 if name == "rollout" else 24)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--html", help="write a self-contained HTML report here")
+        p.add_argument("--json", help="write the result as JSON here")
+        if name == "rollout":
+            p.add_argument("--temperature", type=float, default=1.0)
+            p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument("--top-k", type=int, default=-1)
+            p.add_argument("--logprobs-mode", default="raw", choices=["raw", "processed"])
+            p.add_argument("--trainer-dtype", default=None, help="the trainer's dtype (default: the engine's)")
+            p.add_argument("--no-native-floor", action="store_true")
+            p.set_defaults(func=rollout)
+        else:
+            from hfvllm_lab.diagnose.lenses import LENSES
+
+            p.add_argument("--lenses", nargs="+", choices=list(LENSES), default=None,
+                           help="lenses to run (default: all)")
+            p.set_defaults(func=diagnose)
     p = sub.add_parser("coverage", help="shrink every causal-LM architecture of transformers and run it through vLLM")
     p.add_argument("arch", nargs="*", help="model types (default: transformers' whole causal-LM mapping)")
     p.add_argument("--reference", action="store_true",

@@ -212,7 +212,7 @@ def native_floor_job(path, sequences: list[list[int]], decode_sequences: list[li
     """vLLM native's teacher-forced scores and decode steps (run_isolated's job)."""
     from hfvllm_lab.paths.engine_runs import forced_decode
 
-    rows = forced_decode(path, decode_sequences, decode_prompt_lengths)[0] if decode_sequences else None
+    rows = forced_decode(path, decode_sequences, decode_prompt_lengths).rows if decode_sequences else None
     return path.score(sequences), rows
 
 

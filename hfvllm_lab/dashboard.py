@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hfvllm_lab import zoo
 from hfvllm_lab.device import checkpoint_dtype, choose_dtype, resolve_device
+from hfvllm_lab.diagnose.lenses import LENSES
 from hfvllm_lab.errors import AttentionPathError, ProbeUnavailableError
 from hfvllm_lab.paths.vllm_path import BACKENDS
 from hfvllm_lab.render.widgets import TAB_TITLES, ControlChoices, DashboardView, RunResults
@@ -22,13 +23,14 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 class Dashboard:
     """Controls (model, device, dtype, backend, attention, prompts, max tokens), a Run button with a
-    progress bar and an error area, and tabs: Replacements, Memory, Attention, Timing, Parity.
+    progress bar and an error area, and tabs: Replacements, Memory, Attention, Timing, Parity, Diagnose.
 
     `run()` (what the button calls) builds a new Session through `session_factory` when the controls
     differ from the current session's settings (the old one is closed by the new Session), runs
     `compare(prompts, max_tokens, bisect=True)` (which also profiles the vLLM path), and fills the
     tabs. Under HF attention (sdpa/eager) compare is refused by design; the dashboard then scores the
-    prompts and shows the attention report with the refusal instead of Parity/Timing.
+    prompts and shows the attention report with the refusal instead of Parity/Timing. `diagnose()` (the
+    Diagnose tab's button) runs the chosen lenses on the same Session, with a progress bar per lens.
 
     `.widget` is what a notebook displays; `.view` draws it. The view's controls and tabs are
     reachable here too (`dash.max_tokens.value = 4`, `dash.parity_html.value`).
@@ -43,6 +45,8 @@ class Dashboard:
         self.view.report_error = self._show_error
         self.view.static_header = self._session_card
         self.view.run_button.on_click(self._on_run)
+        self.view.diagnose_button.on_click(self._on_diagnose)
+        self.diagnosis = None  # the last Diagnose result
         self.widget = self.view.widget
         if session is not None:
             self._guard(self._show_session)
@@ -55,7 +59,7 @@ class Dashboard:
             dtype=s.dtype if s is not None else "auto", dtypes=DTYPES,
             backend=s.backend if s is not None else "lab", backends=BACKENDS,
             attention=s.attention_path if s is not None else "vllm", attentions=ATTENTION_PATHS,
-            prompts=DEFAULT_PROMPTS, max_tokens=8, steps=len(STEPS),
+            prompts=DEFAULT_PROMPTS, max_tokens=8, steps=len(STEPS), lenses=tuple(LENSES),
         )
 
     def __getattr__(self, name: str):
@@ -96,6 +100,35 @@ class Dashboard:
     # -- running --------------------------------------------------------------------------
     def _on_run(self, _button=None) -> None:
         self.run()
+
+    def _on_diagnose(self, _button=None) -> None:
+        self.diagnose()
+
+    def diagnose(self) -> bool:
+        """What Diagnose does: the current Session (built first from the controls when they changed)
+        runs the chosen lenses on the prompts; progress per lens; errors in the error area."""
+        self.view.clear_error()
+        self.last_error = None
+        self.view.set_busy(True)
+        self.view.diagnose_button.disabled = True
+        try:
+            return self._guard(self._diagnose)
+        finally:
+            self.view.diagnose_button.disabled = False
+            self.view.set_busy(False)
+
+    def _diagnose(self) -> None:
+        cfg = self.settings()
+        if self._needs_new_session(cfg):
+            args = self.session_arguments(cfg)
+            self.session = self.session_factory(args.pop("model"), **args)
+            self._show_session()
+        lenses = list(self.view.lens_choice.value)
+        if not lenses:
+            raise ValueError("choose at least one lens")
+        self.diagnosis = self.session.diagnose(self.prompt_list(), lenses=lenses,
+                                               progress=self.view.set_diagnose_progress)
+        self.view.show_diagnosis(self.diagnosis)
 
     def _show_error(self, exc: BaseException) -> None:
         self.last_error = exc

@@ -27,6 +27,8 @@ TEXT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "comparison.BisectResult", ""): ("text", "bisect_text"),
     (_R + "comparison.Comparison", ""): ("text", "comparison_text"),
     (_R + "teacher.TeacherForced", ""): ("text", "teacher_text"),
+    (_R + "rollout.Rollout", ""): ("rollout", "rollout_text"),
+    (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_text"),
 }
 HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("html", "replacement_log_html"),
@@ -37,6 +39,8 @@ HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "comparison.Comparison", ""): ("html", "comparison_html"),
     (_R + "generation.Generation", ""): ("html", "generation_html"),
     (_R + "teacher.TeacherForced", ""): ("html", "teacher_html"),
+    (_R + "rollout.Rollout", ""): ("rollout", "rollout_html"),
+    (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_html"),
 }
 PLOT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("plots", "plot_replacement_counts"),
@@ -44,6 +48,8 @@ PLOT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "timing.LayerTiming", ""): ("plots", "plot_timing"),
     (_R + "comparison.Comparison", ""): ("plots", "plot_comparison"),
     (_R + "teacher.TeacherForced", ""): ("plots", "plot_teacher_forced"),
+    (_R + "rollout.Rollout", ""): ("rollout", "plot_rollout"),
+    (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "plot_diagnosis"),
 }
 
 

@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from hfvllm_lab.results.teacher import OK_STATUSES, DistributionDiff, Verdict  # noqa: F401
+if TYPE_CHECKING:  # plain thresholds above all; results are built by the functions below
+    from hfvllm_lab.results.teacher import DistributionDiff, Verdict
 
 # -- free-running parity -----------------------------------------------------------------------
 PARITY_TOP_K = 5  # vLLM's own test rule: at the first differing step each token in the other's top-k
@@ -55,15 +57,15 @@ def noise_verdict(judged: DistributionDiff, floors: Sequence[DistributionDiff], 
     """float32: the strict logprob bound. Reduced precision: within NOISE_FACTOR x the larger floor
     on KL mean and KL p99."""
     if not token_ids_agree:
-        return Verdict("tokenization differs", None, "prompt token ids must be identical on both paths",
+        return _verdict("tokenization differs", None, "prompt token ids must be identical on both paths",
                        "the paths were given different prompt token ids; nothing else can be compared")
     if dtype == "float32":
         ok = judged.max_target_logprob_diff <= FLOAT32_LOGPROB_TOLERANCE
         rule = f"float32: teacher-forced |dlogp| of every target token <= {FLOAT32_LOGPROB_TOLERANCE:g}"
         reason = f"max |dlogp| {judged.max_target_logprob_diff:.3g}, KL max {judged.kl_max:.3g}"
-        return Verdict("pass" if ok else "fail", None, rule, reason)
+        return _verdict("pass" if ok else "fail", None, rule, reason)
     if not floors:
-        return Verdict("fail", None, "no noise floor was measured",
+        return _verdict("fail", None, "no noise floor was measured",
                        f"{dtype} needs a measured noise floor: compare() measures transformers in {dtype} against "
                        "float32 (and vLLM native with native_floor=True)")
     mean_floor = max(f.kl_mean for f in floors)
@@ -75,8 +77,14 @@ def noise_verdict(judged: DistributionDiff, floors: Sequence[DistributionDiff], 
               f"{p99_floor:.3g}; top-1 {judged.top1_agreement:.1%} (floors "
               f"{', '.join(f'{f.top1_agreement:.1%}' for f in floors)})")
     if ratio <= NOISE_FACTOR:
-        return Verdict("within noise", ratio, rule, reason)
-    return Verdict("beyond noise", ratio, rule, f"beyond noise by {ratio:.1f}x: {reason}")
+        return _verdict("within noise", ratio, rule, reason)
+    return _verdict("beyond noise", ratio, rule, f"beyond noise by {ratio:.1f}x: {reason}")
+
+
+def _verdict(*args, **kwargs) -> Verdict:
+    from hfvllm_lab.results.teacher import Verdict
+
+    return Verdict(*args, **kwargs)
 
 
 def _ratio(value: float, floor: float) -> float:
@@ -90,7 +98,7 @@ def worse_of(parts: Sequence[tuple[str, Verdict]]) -> Verdict:
     others = "; ".join(f"{name}: {v.label}" + (f" ({v.ratio:.2g}x)" if v.ratio is not None else "")
                        for name, v in parts if name != worst_name)
     reason = f"{worst_name}: {worst.reason}" + (f" | {others}" if others else "")
-    return Verdict(worst.status, worst.ratio, worst.rule, reason, part=worst_name)
+    return _verdict(worst.status, worst.ratio, worst.rule, reason, part=worst_name)
 
 
 def with_module_caveat(verdict: Verdict, module: str | None, ratio: float | None) -> Verdict:
@@ -99,7 +107,7 @@ def with_module_caveat(verdict: Verdict, module: str | None, ratio: float | None
         return verdict
     times = f"{ratio:.1f}x its noise" if ratio is not None else "beyond its tolerance"
     caveat = f"outputs {verdict.status}; {module} deviates {times}"
-    return Verdict(verdict.status, verdict.ratio, verdict.rule, f"{caveat}; {verdict.reason}", verdict.part, caveat)
+    return _verdict(verdict.status, verdict.ratio, verdict.rule, f"{caveat}; {verdict.reason}", verdict.part, caveat)
 
 
 def rollout_verdict(judged_mean_abs: float, judged_k3: float, floors: Sequence[tuple[str, float, float]],
@@ -109,11 +117,11 @@ def rollout_verdict(judged_mean_abs: float, judged_k3: float, floors: Sequence[t
     the larger floor (floors: (name, mean |log-ratio|, k3) of paths right by construction)."""
     if dtype == "float32":
         ok = judged_max_abs <= FLOAT32_LOG_RATIO_TOLERANCE
-        return Verdict("pass" if ok else "fail", None,
+        return _verdict("pass" if ok else "fail", None,
                        f"float32: every token's |log p_trainer - log p_rollout| <= {FLOAT32_LOG_RATIO_TOLERANCE:g}",
                        f"max |log-ratio| {judged_max_abs:.3g}")
     if not floors:
-        return Verdict("fail", None, "no noise floor was measured", "a rollout in reduced precision needs a floor")
+        return _verdict("fail", None, "no noise floor was measured", "a rollout in reduced precision needs a floor")
     mean_floor = max(f[1] for f in floors)
     k3_floor = max(f[2] for f in floors)
     ratio = max(_ratio(judged_mean_abs, mean_floor), _ratio(judged_k3, k3_floor))
@@ -122,8 +130,8 @@ def rollout_verdict(judged_mean_abs: float, judged_k3: float, floors: Sequence[t
     reason = (f"mean |log-ratio| {judged_mean_abs:.3g} vs floor {mean_floor:.3g}, k3 {judged_k3:.3g} vs floor "
               f"{k3_floor:.3g}")
     if ratio <= NOISE_FACTOR:
-        return Verdict("within noise", ratio, rule, reason)
-    return Verdict("beyond noise", ratio, rule, f"beyond noise by {ratio:.1f}x: {reason}")
+        return _verdict("within noise", ratio, rule, reason)
+    return _verdict("beyond noise", ratio, rule, f"beyond noise by {ratio:.1f}x: {reason}")
 
 
 # Lens statuses, in the order a Diagnosis lists them.
@@ -150,6 +158,6 @@ def lens_status(arms: Sequence[tuple[str, Verdict]]) -> tuple[str, str]:
 
 __all__ = [
     "FLOAT32_LOGPROB_TOLERANCE", "LENS_STATUSES", "LOGPROB_TOLERANCE", "MODULE_NOISE_ABS", "MODULE_NOISE_FACTOR",
-    "NOISE_FACTOR", "OK_STATUSES", "PARITY_MAX_GAP", "PARITY_TOP_K", "RATIO_BANDS", "lens_status", "noise_verdict",
+    "NOISE_FACTOR", "PARITY_MAX_GAP", "PARITY_TOP_K", "RATIO_BANDS", "lens_status", "noise_verdict",
     "rollout_verdict", "with_module_caveat", "worse_of",
 ]

@@ -83,6 +83,24 @@ def check_memory(config, settings: EngineSettings, others: list["Session"]) -> N
         )
 
 
+def with_head_dtype(engine_args: dict | None, lm_head_dtype: str | None) -> dict:
+    """engine_args with vLLM's own `head_dtype` in hf_overrides (what a `vllm serve` user passes as
+    `--hf-overrides '{"head_dtype": "float32"}'`); every backend honours it, the lab with float32
+    weights packed once (backend/head.py)."""
+    from hfvllm_lab.backend.head import CONFIG_FLAG, HEAD_DTYPES
+
+    args = dict(engine_args or {})
+    if lm_head_dtype is None:
+        return args
+    if lm_head_dtype not in HEAD_DTYPES:
+        raise InputError(f"lm_head_dtype must be one of {HEAD_DTYPES}, got {lm_head_dtype!r}")
+    overrides = args.get("hf_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise InputError("lm_head_dtype cannot be merged into a callable hf_overrides: set head_dtype in your callable")
+    args["hf_overrides"] = {**overrides, CONFIG_FLAG: lm_head_dtype}
+    return args
+
+
 def vllm_device_type() -> str:
     from vllm.platforms import current_platform
 
@@ -108,6 +126,7 @@ class Session:
         hf_attention: str = "auto",
         engine_args: dict | None = None,
         mode: str = "inspect",
+        lm_head_dtype: str | None = None,
     ) -> None:
         self._engine: VllmPath | None = None
         # The arguments as given: a rebuild (the dashboard's) starts from them, changing only what it must.
@@ -115,7 +134,7 @@ class Session:
                               max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                               tensor_parallel_size=tensor_parallel_size, seed=seed,
                               trust_remote_code=trust_remote_code, hf_attention=hf_attention,
-                              engine_args=dict(engine_args or {}), mode=mode)
+                              engine_args=dict(engine_args or {}), mode=mode, lm_head_dtype=lm_head_dtype)
         self.edits: list = []  # functions given to apply_model(), re-applied whenever the engine is rebuilt
         if attention not in ATTENTION_PATHS:
             raise AttentionPathError(f"unknown attention {attention!r}: choose one of {', '.join(ATTENTION_PATHS)}")
@@ -152,7 +171,8 @@ class Session:
         self.settings = EngineSettings(
             model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
             max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
-            seed=seed, trust_remote_code=trust_remote_code, extra=dict(engine_args or {}), mode=mode,
+            seed=seed, trust_remote_code=trust_remote_code, extra=with_head_dtype(engine_args, lm_head_dtype),
+            mode=mode,
         )
         length, self.max_model_len_reason = choose_max_model_len(config, self.settings, max_model_len,
                                                                   free_device_bytes(self.device))
@@ -331,7 +351,7 @@ class Session:
         if len(sequences) != len(prompt_lengths) or not sequences:
             raise InputError("decode_scores needs one prompt length per (non-empty) sequence")
         return forced_decode(self.engine, [list(map(int, q)) for q in sequences], list(prompt_lengths),
-                             composition=composition)[0]
+                             composition=composition).rows
 
     def sample(self, prompts, *, n: int = 1, max_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                top_k: int = -1, seed: int | None = 0, logprobs_mode: str = "raw", capture: bool = False):

@@ -401,12 +401,76 @@ cmp32.to_frame()[["prompt", "ok", "reason", "kl_max"]]"""),
     code("s32.close()"),
 ]
 
+ROLLOUT = [
+    md("""
+# RL rollout mismatch: measure, diagnose, apply a remedy, measure again
+
+In RL fine-tuning the rollouts are sampled by vLLM and the policy is trained in transformers on vLLM's
+token logprobs. The two never agree exactly, and the per-token ratio p_trainer / p_rollout is what RL
+frameworks (verl's rollout correction, TRL, ms-swift) log and truncate. This notebook measures that
+mismatch on SmolLM2-135M-Instruct in bf16 on the Session's engine, asks which engine factor causes it,
+applies a float32 LM head and measures again.
+"""),
+    code(SETUP),
+    code("""
+s = Session("smollm2-135m")                 # bf16, the lab backend
+PROMPTS = ["The capital of France is", "Write a haiku about the sea:", "def fibonacci(n):"]
+r = s.rollout(PROMPTS, n=2, max_tokens=24, trainer_dtype="float32", native_floor=False)
+r"""),
+    md("""
+The importance ratio of every sampled token on a log axis, with the bands RL frameworks truncate or
+mask at ([0.5, 2] dashed, [0.2, 5] dotted), then |log-ratio| by position in the continuation: the
+judged engine (blue) beside transformers decoding in bf16, what the dtype alone costs.
+"""),
+    code('display(r.plot("ratio"), r.plot("position"))'),
+    md("""
+## Which factor causes it?
+
+`diagnose()` samples once, then flips one engine factor per lens on the same tokens, each arm judged
+against transformers float32 relative to the noise floor: prefill vs decode steps, alone vs batched,
+and the LM head in bf16 vs float32 (an engine in a child process). Every lens is listed in the README;
+this notebook runs three to stay short.
+"""),
+    code("""
+d = s.diagnose(PROMPTS[:2], lenses=["decode", "batch", "lm head"], n=1, max_tokens=16)
+d"""),
+    code("d.plot()"),
+    md("""
+## Apply the float32 head and measure again
+
+`Session(lm_head_dtype="float32")` is vLLM's own `hf_overrides={"head_dtype": "float32"}`; the lab
+meets it with float32 head weights packed once (vLLM's classes cast the bf16 weight every step). The
+same rollout, and the decode speed of both engines:
+"""),
+    code("""
+import time
+
+def decode_speed(session):
+    session.generate(PROMPTS[:1], 2)
+    begin = time.perf_counter()
+    out = session.generate(PROMPTS, 32)
+    return sum(len(g.token_ids) for g in out) / (time.perf_counter() - begin)
+
+bf16_speed = decode_speed(s)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    s32 = Session("smollm2-135m", lm_head_dtype="float32")      # closes s
+r32 = s32.rollout(PROMPTS, n=2, max_tokens=24, trainer_dtype="float32", native_floor=False)
+import pandas as pd
+pd.DataFrame([dict(head="bf16", **{k: r.judged.summary()[k] for k in ("mean_abs_log_ratio", "k3_kl", "outside_0.5_2")},
+                   tok_s=bf16_speed),
+              dict(head="float32", **{k: r32.judged.summary()[k] for k in ("mean_abs_log_ratio", "k3_kl", "outside_0.5_2")},
+                   tok_s=decode_speed(s32))])"""),
+    code("s32.close()"),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_replacement_inspection.ipynb": REPLACEMENTS,
     "03_attention_paths.ipynb": ATTENTION,
     "04_layer_timing_and_memory.ipynb": TIMING,
     "05_bf16_noise_floor.ipynb": NOISE,
+    "06_rl_rollout_mismatch.ipynb": ROLLOUT,
 }
 
 METADATA = {

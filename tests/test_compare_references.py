@@ -14,11 +14,18 @@ def test_vllm_native_in_bf16_is_within_noise(real_model_dir):
     from hfvllm_lab import Session
 
     with Session(real_model_dir, backend="native") as s:
+        assert s.model_class.endswith("LlamaForCausalLM") and s.backend == "native"
         cmp = s.compare(PROMPTS, 8, profile=False)
+        rollout = s.rollout(PROMPTS, n=2, max_tokens=12)
     assert cmp.verdict.status == "within noise", cmp.verdict
+    assert cmp.teacher.decode_verdict.status == "within noise"  # its decode steps too
     # Native is the path under test, so only transformers' own rounding is its floor.
     assert [f.path for f in cmp.teacher.floors] == ["transformers (bfloat16)"]
+    assert [f.path for f in cmp.teacher.decode_floors] == ["transformers (bfloat16, KV-cache decode)"]
     assert any("path under test" in n for n in cmp.teacher.notes)
+    assert rollout.verdict.status == "within noise", rollout.verdict
+    assert rollout.judged.path == "vLLM native model (bfloat16)"
+    assert any("rollout engine under test" in n for n in rollout.notes)
 
 
 def test_float32_keeps_the_strict_verdict(real_model_dir):

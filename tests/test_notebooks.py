@@ -53,11 +53,11 @@ def notebook_paths() -> list[Path]:
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_five_notebooks_without_outputs():
+def test_there_are_six_notebooks_without_outputs():
     paths = notebook_paths()
     assert [p.name for p in paths] == ["01_quickstart.ipynb", "02_replacement_inspection.ipynb",
                                        "03_attention_paths.ipynb", "04_layer_timing_and_memory.ipynb",
-                                       "05_bf16_noise_floor.ipynb"]
+                                       "05_bf16_noise_floor.ipynb", "06_rl_rollout_mismatch.ipynb"]
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]

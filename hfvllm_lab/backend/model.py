@@ -21,15 +21,14 @@ from hfvllm_lab.backend.meta import buffer_bytes, materialize, parameter_bytes, 
 from hfvllm_lab.backend.reload import WeightStash, updates_setting
 from hfvllm_lab.backend.records import (
     ATTENTION,
-    LM_HEAD,
-    REPLACED,
     ROUTED,
-    TIED,
     BuildReport,
     PhaseBytes,
     ReplacementRecord,
 )
 from hfvllm_lab.backend.compiled import build_compiled_stack, run_flat
+from hfvllm_lab.backend.head import CONFIG_FLAG as HEAD_FLAG
+from hfvllm_lab.backend.head import head_dtype_setting, replace_lm_head
 from hfvllm_lab.backend.fuse import fusion_setting
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
 from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
@@ -412,11 +411,17 @@ class LabForCausalLM(nn.Module):
         ctx.device_type = device.type
         report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
         self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook
-        self.lab_tied_copies: dict[str, str] = {}  # a checkpoint name -> a second parameter it also fills
-        report.records.append(self._replace_lm_head(hf, base, head_name, vllm_config.quant_config))
+        head = replace_lm_head(hf, head_name, ROOT, vllm_config.quant_config, self._tie_word_embeddings(),
+                               head_dtype_setting(model_config.head_dtype, dtype))
+        self.lab_tied_copies = head.tied_copies  # a checkpoint name -> a second parameter it also fills
+        self.lab_head_dtype = head.dtype
+        report.records.append(head.record)
+        if head.dtype is not None:
+            report.options["LM head dtype"] = f"{str(head.dtype).removeprefix('torch.')} (hf_overrides {HEAD_FLAG})"
         self._route_attention(hf, vllm_config, report)
         phase("replaced", self)
         keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
+        keep_fp32 += (f"{ROOT}.{head_name}.",) if head.dtype is not None else ()
         report.kept_fp32 = materialize(self, device, dtype, keep_fp32)
         self._attach_sinks()
         phase("materialized", self)
@@ -426,6 +431,8 @@ class LabForCausalLM(nn.Module):
         self.logits_processor = LogitsProcessor(
             self.text_config.vocab_size, scale=report.logits["scale"], soft_cap=report.logits["soft_cap"]
         )
+        if self.lab_head_dtype is not None:  # its float32 weights meet float32 hidden states: no per-step cast
+            self.logits_processor.head_dtype = self.lab_head_dtype
         self._names = name_map_for(hf, ROOT)
         self._lab_stash: WeightStash | None = None  # set by the first load_weights (backend/reload.py)
         self._lab_keep_loadable, source = updates_setting(self.config)
@@ -464,40 +471,6 @@ class LabForCausalLM(nn.Module):
     def _tie_word_embeddings(self) -> bool:
         return bool(
             getattr(self.text_config, "tie_word_embeddings", False) or getattr(self.config, "tie_word_embeddings", False)
-        )
-
-    def _replace_lm_head(self, hf, base, head_name: str, quant_config) -> ReplacementRecord:
-        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-
-        old = hf.get_submodule(head_name)
-        # A head bias HF ties to another parameter (BertGeneration's lm_head.decoder.bias is
-        # lm_head.bias): checkpoints store it once, under the other name, which loads both.
-        if old.bias is not None:
-            others = [n for n, p in hf.named_parameters(remove_duplicate=False)
-                      if p is old.bias and n != f"{head_name}.bias"]
-            if others:
-                self.lab_tied_copies[f"{ROOT}.{others[0]}"] = f"{ROOT}.{head_name}.bias"
-        new = ParallelLMHead(
-            old.out_features,
-            old.in_features,
-            bias=old.bias is not None,
-            quant_config=quant_config,
-            prefix=f"{ROOT}.{head_name}",
-        )
-        action, reason = REPLACED, ""
-        if self._tie_word_embeddings():
-            embed = hf.get_input_embeddings()  # the causal-LM class knows it even where its base does not
-            if not isinstance(embed, VocabParallelEmbedding):
-                raise UnsupportedModelError(
-                    f"the config ties the LM head to {type(embed).__name__}, which was not replaced by "
-                    "VocabParallelEmbedding, so the two cannot share one weight"
-                )
-            new = new.tie_weights(embed)
-            action, reason = TIED, "shares the input embedding's weight (tie_word_embeddings)"
-        hf.set_submodule(head_name, new)
-        return ReplacementRecord(
-            head_name, LM_HEAD, action, type(old).__name__, type(new).__name__,
-            tuple(old.weight.shape), old.weight.numel() + (old.bias.numel() if old.bias is not None else 0), reason,
         )
 
     def _route_attention(self, hf, vllm_config, report: BuildReport) -> None:
@@ -550,6 +523,8 @@ class LabForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         head = self.hf.get_output_embeddings()
+        if self.lab_head_dtype is not None:
+            hidden_states = hidden_states.to(self.lab_head_dtype)
         return self.logits_processor(head, hidden_states, getattr(head, "bias", None))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

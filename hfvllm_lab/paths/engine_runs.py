@@ -48,12 +48,21 @@ def _probe_args(key: str, capture: bool, force: list[int] | None = None) -> dict
     return {DECODE_EXTRA_KEY: args}
 
 
+@dataclass
+class ForcedRun:
+    """Per sequence the [continuation, vocab] log-probabilities the engine sampled from (row 0 from
+    the prefill's last position, then one row per decode step); the engine's wall seconds; per
+    sequence the prompt tokens vLLM served from its prefix cache."""
+
+    rows: list
+    seconds: float
+    cached_tokens: list[int]
+
+
 def forced_decode(path: VllmPath, sequences: list[list[int]], prompt_lengths: list[int], *,
-                  composition: str = "batch") -> tuple[list, float]:
+                  composition: str = "batch") -> ForcedRun:
     """Prefill each sequence's prompt, then decode its continuation token by token with the engine's
-    choice forced to the sequence's own next token. Returns, per sequence, the [continuation, vocab]
-    log-probabilities the engine sampled from (row 0 from the prefill's last position, then one row
-    per decode step), and the wall seconds of the engine work."""
+    choice forced to the sequence's own next token."""
     if composition not in COMPOSITIONS:
         raise InputError(f"composition must be one of {', '.join(COMPOSITIONS)}, got {composition!r}")
     if any(len(seq) <= n or n < 1 for seq, n in zip(sequences, prompt_lengths)):
@@ -84,7 +93,8 @@ def forced_decode(path: VllmPath, sequences: list[list[int]], prompt_lengths: li
             raise ProbeUnavailableError(f"the decode probe captured {None if rows is None else rows.shape[0]} steps of "
                                         f"sequence {i}, expected {len(seq) - n}")
         result.append(rows)
-    return result, seconds
+    cached = [int(getattr(outputs[i], "num_cached_tokens", 0) or 0) for i in range(len(sequences))]
+    return ForcedRun(result, seconds, cached)
 
 
 def sample(path: VllmPath, prompts: list[list[int]], *, n: int, max_tokens: int, temperature: float,
@@ -133,4 +143,4 @@ def sample(path: VllmPath, prompts: list[list[int]], *, n: int, max_tokens: int,
     return run
 
 
-__all__ = ["COMPOSITIONS", "Sample", "SampledRun", "forced_decode", "sample"]
+__all__ = ["COMPOSITIONS", "ForcedRun", "Sample", "SampledRun", "forced_decode", "sample"]

@@ -48,7 +48,7 @@ def kv_cache_bytes(config, settings: EngineSettings) -> int:
 
 
 # The KV cache a default max_model_len may take, as a share of the device's free memory.
-KV_SHARE = 0.08
+KV_SHARE = 0.05
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
@@ -345,22 +345,27 @@ def to_generation(prompt: str, out) -> Generation:
     )
 
 
-def _on_fresh_engine(settings: EngineSettings, job: Callable, args: tuple, edits: bytes | None):
+def _on_fresh_engine(settings: EngineSettings, job: Callable, args: tuple, edits: bytes | None,
+                     env: dict[str, str] | None = None):
+    import os
+
+    os.environ.update(env or {})
     with VllmPath(settings) as path:
         notes = apply_edits(path, edits) if edits else []
         return job(path, *args), notes
 
 
-def run_isolated(settings: EngineSettings, job: Callable, *args, edits: bytes | None = None):
+def run_isolated(settings: EngineSettings, job: Callable, *args, edits: bytes | None = None,
+                 env: dict[str, str] | None = None):
     """`job(path, *args)` on an engine of its own in a spawned child process (two engines cannot share
     this process: closing one tears down the distributed groups the other uses). `job` is a module-level
-    function; `edits` (`pickled_edits`) are applied to the child's model first. Returns (what the job
-    returned, notes on edits that could not be applied)."""
+    function; `edits` (`pickled_edits`) are applied to the child's model first; `env` is set in the child
+    before its engine starts. Returns (what the job returned, notes on edits that could not be applied)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_on_fresh_engine, settings, job, args, edits).result()
+        return pool.submit(_on_fresh_engine, settings, job, args, edits, env).result()
 
 
 def pickled_edits(edits: list[Callable]) -> tuple[bytes | None, str]:

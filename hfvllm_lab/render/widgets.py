@@ -27,12 +27,13 @@ from hfvllm_lab.vocab import STEP_PHASES
 if TYPE_CHECKING:
     from hfvllm_lab.results.attention import AttentionReport
     from hfvllm_lab.results.comparison import Comparison
+    from hfvllm_lab.results.diagnosis import Diagnosis
     from hfvllm_lab.results.generation import Generation
     from hfvllm_lab.results.memory import MemoryReport
     from hfvllm_lab.results.replacements import ReplacementLog
     from hfvllm_lab.results.timing import LayerTiming
 
-TAB_TITLES = ("Replacements", "Memory", "Attention", "Timing", "Parity")
+TAB_TITLES = ("Replacements", "Memory", "Attention", "Timing", "Parity", "Diagnose")
 PHASES = STEP_PHASES
 ALL_CLASSES = "(all classes)"
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px"
@@ -75,6 +76,7 @@ class ControlChoices:
     prompts: Sequence[str]
     max_tokens: int = 8
     steps: int = 4  # length of the progress bar
+    lenses: Sequence[str] = ()  # the lenses Diagnose can run
 
 
 @dataclass
@@ -103,7 +105,8 @@ class _DashboardBox(w.VBox):
 
 class DashboardView:
     """Controls (model, device, dtype, backend, attention, prompts, max tokens), a Run button with a
-    progress bar and an error area, and tabs: Replacements, Memory, Attention, Timing, Parity.
+    progress bar and an error area, and tabs: Replacements, Memory, Attention, Timing, Parity, Diagnose
+    (lens choice, its own button and progress bar).
 
     Drawing only. The owner wires `run_button`, reads `values()`, steps `set_progress()`, and hands
     results to `show_session()` / `show_run()`; the class filter and the phase toggle redraw from
@@ -117,6 +120,7 @@ class DashboardView:
         self.run_results = RunResults()  # what the Timing and Parity tabs show
         self.report_error: Callable[[BaseException], None] = self.show_error
         self.static_header: Callable[[], str] = lambda: ""
+        self._lenses = tuple(choices.lenses)
         self._build_controls(choices)
         self._build_tabs()
         self.widget = _DashboardBox(children=[
@@ -174,6 +178,16 @@ class DashboardView:
         self.timing_html = w.HTML()
         # Parity
         self.parity_html = w.HTML()
+        # Diagnose
+        lenses = list(self._lenses)
+        self.lens_choice = w.SelectMultiple(options=lenses, value=tuple(lenses), description="lenses", rows=6,
+                                            style={"description_width": "50px"}, layout=w.Layout(width="300px"))
+        self.diagnose_button = w.Button(description="Diagnose", icon="stethoscope",
+                                        tooltip="sample once, then flip one engine factor per lens (minutes)")
+        self.diagnose_progress = w.IntProgress(value=0, min=0, max=1, description="idle",
+                                               style={"description_width": "160px"})
+        self.diagnose_plot = w.HTML()
+        self.diagnose_html = w.HTML()
         self.tab_children = {
             "Replacements": w.VBox([self.replacements_plot, self.counts_html, self.class_filter, self.records_html,
                                     self.replacements_html]),
@@ -181,6 +195,8 @@ class DashboardView:
             "Attention": w.VBox([self.attention_message, self.attention_html]),
             "Timing": w.VBox([self.phase, self.timing_plot, self.timing_html]),
             "Parity": w.VBox([self.parity_html]),
+            "Diagnose": w.VBox([w.HBox([self.lens_choice, w.VBox([self.diagnose_button, self.diagnose_progress])]),
+                                self.diagnose_plot, self.diagnose_html]),
         }
         self.tabs = w.Tab(children=[self.tab_children[t] for t in TAB_TITLES], titles=TAB_TITLES)
 
@@ -189,6 +205,8 @@ class DashboardView:
         for html in (self.replacements_html, self.memory_html, self.attention_html):
             html.value = empty
         self.timing_html.value = self.parity_html.value = _note("press Run to compare HF and vLLM")
+        self.diagnose_html.value = _note("choose lenses and press Diagnose: each flips one engine factor on the same "
+                                         "sampled sequences (the whole set takes minutes)")
 
     # -- what the owner drives ----------------------------------------------------------
     def values(self) -> dict:
@@ -303,6 +321,16 @@ class DashboardView:
 
             kl = _img(plot_teacher_forced(teacher), "teacher-forced KL per position with the noise floor")
         self.parity_html.value = note + kl + run.comparison._repr_html_()
+
+    def set_diagnose_progress(self, done: int, total: int, label: str) -> None:
+        self.diagnose_progress.max = max(total, 1)
+        self.diagnose_progress.value = done
+        self.diagnose_progress.description = label[:40]
+
+    def show_diagnosis(self, diagnosis: Diagnosis) -> None:
+        """The Diagnose tab: every arm against its floor, then the lens table and each lens' arms."""
+        self.diagnose_plot.value = _img(diagnosis.plot(), "diagnosis: every arm against its noise floor")
+        self.diagnose_html.value = diagnosis._repr_html_()
 
     def _on_filter(self, _change) -> None:
         self._redraw(self.draw_records)

@@ -1,0 +1,168 @@
+"""What every lens of one diagnosis shares: the sampled sequences, the truth and the floors on their
+decode positions, the Session's own arms (computed once), child engines, and how an arm is judged."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from hfvllm_lab.mismatch import outside_band_shares
+from hfvllm_lab.noise import distribution_diff
+from hfvllm_lab.results.diagnosis import ArmResult
+from hfvllm_lab.results.teacher import DistributionDiff
+from hfvllm_lab.rules import noise_verdict
+
+if TYPE_CHECKING:
+    from hfvllm_lab.session import Session
+
+TRUTH = "transformers (float32)"
+
+
+@dataclass
+class Shared:
+    session: "Session"
+    sequences: list[list[int]]
+    prompt_lengths: list[int]
+    truth: list  # per sequence, continuation rows teacher-forced in float32
+    floor_rows: dict[str, list] = field(default_factory=dict)  # floor name -> continuation rows (session dtype)
+    edits: bytes | None = None  # the Session's edits, pickled for child engines
+    edit_note: str = ""
+    speed_prompts: list[list[int]] = field(default_factory=list)
+    isolated: bool = False  # transformers must run in a child process (patched classes here)
+    _session_arms: dict[str, dict] = field(default_factory=dict)
+    _session_speed: float | None = None
+    _dtype_floors: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    # -- positions -----------------------------------------------------------------------
+    @property
+    def targets(self) -> list[list[int]]:
+        """The tokens decode steps predict: each continuation after its first token (row 0 came from
+        the prefill)."""
+        return [list(q[n + 1:]) for q, n in zip(self.sequences, self.prompt_lengths)]
+
+    @property
+    def positions(self) -> int:
+        return sum(len(t) for t in self.targets)
+
+    def floors(self, truth=None, floor_rows=None, targets=None, dtype: str | None = None) -> list[DistributionDiff]:
+        """The floors on the given positions (default: every sequence's decode positions, in the
+        session's dtype; another `dtype`'s floors are measured on first use)."""
+        dtype = dtype or self.session.dtype
+        if dtype == "float32":
+            return []
+        truth = self.truth if truth is None else truth
+        if floor_rows is None:
+            floor_rows = self.floor_rows if dtype == self.session.dtype else self._floor_rows_for(dtype)
+        targets = self.targets if targets is None else targets
+        return [distribution_diff(name, TRUTH, _decode(truth), _decode(r), targets) for name, r in floor_rows.items()]
+
+    def _floor_rows_for(self, dtype: str) -> dict[str, list]:
+        if dtype not in self._dtype_floors:
+            from hfvllm_lab.paths.hf_scoring import HfScoreRequest, ScorePass, run_hf_scoring_where_possible
+
+            passes = {f"transformers ({dtype}, teacher-forced)": ScorePass(dtype, "teacher"),
+                      f"transformers ({dtype}, KV-cache decode)": ScorePass(dtype, "decode")}
+            s = self.session
+            hf = run_hf_scoring_where_possible(HfScoreRequest(
+                s.model_dir, s.device, s.hf_attention, self.sequences, self.prompt_lengths, tuple(passes.values()),
+                s.trust_remote_code), self.isolated)
+            self._dtype_floors[dtype] = {name: hf.outputs[p] for name, p in passes.items()}
+        return self._dtype_floors[dtype]
+
+    # -- judging -------------------------------------------------------------------------
+    def judge(self, name: str, setting: str, rows: list, *, seconds: float = 0.0, tokens_per_second=None,
+              notes=(), truth=None, floors=None, targets=None, dtype: str | None = None) -> ArmResult:
+        """An arm's continuation rows against the truth on decode positions, relative to the floors of
+        the arm's dtype (default the session's)."""
+        dtype = dtype or self.session.dtype
+        truth = self.truth if truth is None else truth
+        targets = self.targets if targets is None else targets
+        floors = self.floors(dtype=dtype) if floors is None else floors
+        diff = distribution_diff(name, TRUTH, _decode(truth), _decode(rows), targets)
+        verdict = noise_verdict(diff, floors, dtype)
+        floor = max(floors, key=lambda f: f.kl_mean, default=None)
+        return ArmResult(name, setting, diff, floor, verdict, bands(_decode(truth), _decode(rows), targets),
+                         tokens_per_second, seconds, list(notes))
+
+    # -- the Session's own engine ------------------------------------------------------------
+    def session_arm(self, composition: str) -> dict:
+        """Forced decoding of the sequences on the Session's engine, once per composition."""
+        if composition not in self._session_arms:
+            from hfvllm_lab.diagnose.jobs import decode_arm
+
+            self._session_arms[composition] = decode_arm(self.session.engine, self.sequences, self.prompt_lengths,
+                                                         composition)
+        return self._session_arms[composition]
+
+    def session_speed(self) -> float:
+        if self._session_speed is None:
+            from hfvllm_lab.diagnose.jobs import speed
+
+            self._session_speed = speed(self.session.engine, self.speed_prompts)
+        return self._session_speed
+
+    def session_judged(self, name: str, composition: str = "batch") -> ArmResult:
+        arm = self.session_arm(composition)
+        return self.judge(name, f"this Session's engine, {composition}", arm["rows"], seconds=arm["seconds"],
+                          tokens_per_second=self.session_speed())
+
+    # -- child engines -----------------------------------------------------------------------
+    def child(self, kind: str = "decode", composition: str = "batch", env: dict | None = None,
+              **changes: Any) -> tuple[dict, list[str]]:
+        """One arm on a fresh engine in a child process: the Session's settings with `changes`
+        (EngineSettings fields; `extra` entries merge into the Session's engine_args), its edits applied."""
+        from hfvllm_lab.diagnose.jobs import child_arm
+        from hfvllm_lab.paths.vllm_path import run_isolated
+
+        settings = self.session.settings
+        extra = {**settings.extra, **changes.pop("extra", {})}
+        settings = replace(settings, extra=extra, **changes)
+        out, notes = run_isolated(settings, child_arm, kind, self.sequences, self.prompt_lengths, composition,
+                                  self.speed_prompts, edits=self.edits, env=env)
+        if self.edit_note:
+            notes = [self.edit_note, *notes]
+        return out, notes
+
+    def child_judged(self, name: str, setting: str, **kwargs: Any) -> ArmResult:
+        """A child-engine arm, judged in its own dtype (the `dtype` change, else the session's)."""
+        begin = time.perf_counter()
+        try:
+            out, notes = self.child(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - an arm that cannot run says why; the lens goes on
+            from hfvllm_lab.errors import first_line, root_cause
+
+            root = root_cause(exc)
+            return ArmResult(name, setting, notes=[f"could not run: {type(root).__name__}: {first_line(root, 300)}"],
+                             seconds=time.perf_counter() - begin)
+        return self.judge(name, f"{setting} ({out['model_class'].rsplit('.', 1)[-1]})", out["rows"],
+                          seconds=out["seconds"], tokens_per_second=out["tokens_per_second"], notes=notes,
+                          dtype=kwargs.get("dtype"))
+
+
+def _decode(rows: list) -> list:
+    """Rows of decode steps (row 0 of a continuation came from the prefill)."""
+    return [r[1:] for r in rows]
+
+
+def bands(truth: list, rows: list, targets: list[list[int]]) -> dict[str, float]:
+    """Share of target tokens whose ratio p_truth / p_arm lies outside RL's bands."""
+    ratios = []
+    for t, r, want in zip(truth, rows, targets):
+        for j, token in enumerate(want):
+            ratios.append(float(t[j, token]) - float(r[j, token]))
+    return outside_band_shares(ratios)
+
+
+def cpu_split(parts: int) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for `parts` CPU workers: the allowed cores split into contiguous lists."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cores) < parts:
+        return None
+    size = len(cores) // parts
+    groups = [cores[i * size:(i + 1) * size] for i in range(parts)]
+    return "|".join(",".join(map(str, g)) for g in groups)
+
+
+__all__ = ["Shared", "TRUTH", "bands", "cpu_split"]
