@@ -70,7 +70,8 @@ def rebuild_note(session: "Session", requested: bool) -> str:
         note += f"; {len(session.edits)} edit(s) made through Session.apply_model were applied to the rebuilt engine"
     if lost:
         note += (f"; EDITS LOST: {lost} engine.apply_model call(s) could not be repeated on the rebuilt engine, so "
-                 "the teacher-forced scores judge the engine without them")
+                 "the prefill scores judge the engine without them (the free-running tokens and the decode steps "
+                 "came from the edited engine before the rebuild)")
     return note
 
 
@@ -219,22 +220,11 @@ def native_floor_job(path, sequences: list[list[int]], decode_sequences: list[li
 def _native_floor(session: "Session", sequences: list[list[int]], decode: EngineDecode | None,
                   wanted: bool | None, notes: list[str]):
     """vLLM native's (prefill scores, decode rows) in the session's dtype, from an engine in a child process."""
-    from transformers import AutoConfig
+    from hfvllm_lab.paths.isolated import native_floor_settings, run_isolated
 
-    from hfvllm_lab.paths.vllm_path import has_native_class, run_isolated
-
-    if wanted is False:
-        notes.append("vLLM native floor not measured (native_floor=False)")
+    settings = native_floor_settings(session.settings, wanted, notes)
+    if settings is None:
         return None
-    if session.backend == "native":
-        notes.append("vLLM native is the path under test, so it is not also a floor")
-        return None
-    config = AutoConfig.from_pretrained(session.model_dir, trust_remote_code=session.trust_remote_code)
-    if not has_native_class(config):
-        notes.append(f"vLLM has no native class for {', '.join(config.architectures or ['?'])}: "
-                     "the floor is transformers' own rounding only")
-        return None
-    settings = replace(session.settings, backend="native", tensor_parallel_size=1, extra={})
     out, _ = run_isolated(settings, native_floor_job, sequences, decode.sequences if decode else None,
                           decode.prompt_lengths if decode else None)
     return out

@@ -106,22 +106,11 @@ def native_tokens_job(path, sequences: list[list[int]], lengths: list[int], tran
 
 
 def _native_tokens(session: "Session", sequences, lengths, transform, wanted: bool | None, notes: list[str]):
-    from transformers import AutoConfig
+    from hfvllm_lab.paths.isolated import native_floor_settings, run_isolated
 
-    from hfvllm_lab.paths.vllm_path import has_native_class, run_isolated
-
-    if wanted is False:
-        notes.append("vLLM native floor not measured (native_floor=False)")
+    settings = native_floor_settings(session.settings, wanted, notes, role="the rollout engine under test")
+    if settings is None:
         return None
-    if session.backend == "native":
-        notes.append("vLLM native is the rollout engine under test, so it is not also a floor")
-        return None
-    config = AutoConfig.from_pretrained(session.model_dir, trust_remote_code=session.trust_remote_code)
-    if not has_native_class(config):
-        notes.append(f"vLLM has no native class for {', '.join(config.architectures or ['?'])}: the floors are "
-                     "transformers' own")
-        return None
-    settings = replace(session.settings, backend="native", tensor_parallel_size=1, extra={})
     return run_isolated(settings, native_tokens_job, sequences, lengths, transform)[0]
 
 

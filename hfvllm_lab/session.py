@@ -17,6 +17,8 @@ from hfvllm_lab.errors import (
     ProbeUnavailableError,
     UnsupportedModelError,
 )
+from hfvllm_lab.checks import check_max_tokens, check_memory, check_prompts, vllm_device_type
+from hfvllm_lab.paths.engine_args import with_head_dtype
 from hfvllm_lab.paths.vllm_path import (
     BACKENDS,
     EngineSettings,
@@ -42,69 +44,6 @@ MODES = ("inspect", "fast")
 # Sessions whose engine is alive; a new Session closes them so re-running a notebook cell frees
 # the previous engine instead of running out of memory.
 _LIVE: "weakref.WeakSet[Session]" = weakref.WeakSet()
-
-
-def check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts or [])
-    if not prompts:
-        raise InputError("prompts is empty: pass at least one prompt")
-    bad = [p for p in prompts if not isinstance(p, str) or not p]
-    if bad:
-        raise InputError(f"every prompt must be a non-empty string; got {bad[:3]!r}")
-    return prompts
-
-
-def check_max_tokens(max_tokens: int) -> int:
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise InputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-    return max_tokens
-
-
-def check_memory(config, settings: EngineSettings, others: list["Session"]) -> None:
-    """Refuse, before any older Session is closed, an engine that cannot fit even after they are."""
-    from hfvllm_lab.paths.vllm_path import estimated_engine_bytes
-
-    need = estimated_engine_bytes(config, settings)
-    free = free_device_bytes(settings.device)
-    freed = 0
-    for other in others:
-        memory = other.memory
-        kv, before = memory.phase("kv_cache"), memory.phase("before")
-        if kv is not None and before is not None and kv.process_bytes and before.process_bytes:
-            freed += max(kv.process_bytes - before.process_bytes, 0)
-    if need > free + freed:
-        raise DeviceError(
-            f"too little memory on {settings.device}: the engine needs ~{need >> 20} MiB (parameters + a KV cache for "
-            f"{settings.max_num_seqs} x {settings.max_model_len} tokens), {free >> 20} MiB are free"
-            + (f" and closing the open Session would free ~{freed >> 20} MiB" if others else "")
-            + "; lower max_num_seqs / max_model_len or use a smaller dtype"
-        )
-
-
-def with_head_dtype(engine_args: dict | None, lm_head_dtype: str | None) -> dict:
-    """engine_args with vLLM's own `head_dtype` in hf_overrides (what a `vllm serve` user passes as
-    `--hf-overrides '{"head_dtype": "float32"}'`); every backend honours it, the lab with float32
-    weights packed once (backend/head.py)."""
-    from hfvllm_lab.backend.head import CONFIG_FLAG, HEAD_DTYPES
-
-    args = dict(engine_args or {})
-    if lm_head_dtype is None:
-        return args
-    if lm_head_dtype not in HEAD_DTYPES:
-        raise InputError(f"lm_head_dtype must be one of {HEAD_DTYPES}, got {lm_head_dtype!r}")
-    overrides = args.get("hf_overrides") or {}
-    if not isinstance(overrides, dict):
-        raise InputError("lm_head_dtype cannot be merged into a callable hf_overrides: set head_dtype in your callable")
-    args["hf_overrides"] = {**overrides, CONFIG_FLAG: lm_head_dtype}
-    return args
-
-
-def vllm_device_type() -> str:
-    from vllm.platforms import current_platform
-
-    return current_platform.device_type
 
 
 class Session:
@@ -177,6 +116,7 @@ class Session:
         length, self.max_model_len_reason = choose_max_model_len(config, self.settings, max_model_len,
                                                                   free_device_bytes(self.device))
         self.settings = replace(self.settings, max_model_len=length)
+        self.max_model_len = length
         engine_kwargs(self.settings)  # refuses engine_args that would change what runs, before anything closes
         check_memory(config, self.settings, list(_LIVE))
         for other in list(_LIVE):
@@ -359,21 +299,11 @@ class Session:
         token's logprob in `logprobs_mode` ("raw": the model's distribution; "processed": after
         temperature and top-k/top-p), and with `capture` each step's full raw distribution."""
         from hfvllm_lab.paths.engine_runs import sample
-        from hfvllm_lab.sampling import LOGPROBS_MODES
 
         self._refuse_hf_attention("sample()")
-        if logprobs_mode not in LOGPROBS_MODES:
-            raise InputError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}")
         ids = [p if not isinstance(p, str) else self.engine.llm.get_tokenizer().encode(p) for p in prompts]
-        previous = self.engine.rpc("lab_set_logprobs_mode", LOGPROBS_MODES[logprobs_mode])
-        try:
-            run = sample(self.engine, ids, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, capture=capture)
-        finally:
-            self.engine.rpc("lab_set_logprobs_mode", previous)
-        if LOGPROBS_MODES[logprobs_mode] != previous:
-            run.seeding += f"; logprobs_mode {LOGPROBS_MODES[logprobs_mode]} set on the live sampler for this run"
-        return run
+        return sample(self.engine, ids, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                      top_k=top_k, seed=seed, capture=capture, logprobs_mode=logprobs_mode)
 
     def rollout(self, prompts=None, *, n: int = 4, max_tokens: int = 32, temperature: float = 1.0,
                 top_p: float = 1.0, top_k: int = -1, seed: int | None = 0, logprobs_mode: str = "raw",

@@ -67,7 +67,9 @@ def test_the_verdict_is_shown_everywhere(clean):
     assert data["verdict"]["status"] == "within noise" and len(data["teacher"]["floors"]) == 2
     frame = clean.to_frame()
     assert {"kl_mean", "kl_max", "prompt_ids_agree"} <= set(frame.columns)
-    assert clean.teacher.to_frame()["role"].tolist() == ["judged", "noise floor", "noise floor"]
+    frame = clean.teacher.to_frame()
+    assert frame["role"].tolist() == ["judged", "noise floor", "noise floor"] * 2
+    assert frame["steps"].tolist() == ["prefill"] * 3 + ["decode"] * 3
 
 
 def test_a_near_tie_is_explained_with_the_reference_margin(clean):

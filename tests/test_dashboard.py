@@ -55,3 +55,28 @@ def test_a_rebuild_keeps_the_arguments_no_control_shows():
         assert "bisect unavailable" in dash.bisect_note  # fast mode: compare ran without bisect
     finally:
         dash.session.close()
+
+
+def test_the_diagnose_tab_runs_the_chosen_lenses_with_progress():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        session = Session("llama")
+    dash = Dashboard(session=session)
+    try:
+        assert "Diagnose" in list(dash.tabs.titles) and "press Diagnose" in dash.diagnose_html.value
+        dash.lens_choice.value = ("decode", "batch")
+        dash.prompts.value = "Hello world\nThe quick brown fox"
+        dash.diagnose_button.click()
+        assert dash.last_error is None, dash.error.value
+        d = dash.diagnosis
+        assert d is not None and [lens.name for lens in d.lenses] == ["decode", "batch"]
+        assert dash.session is session  # the controls did not change: the same Session diagnosed
+        assert dash.diagnose_progress.value == dash.diagnose_progress.max == 4
+        assert dash.diagnose_progress.description == "done"
+        assert "hvl-lenses" in dash.diagnose_html.value and "data:image/png;base64," in dash.diagnose_plot.value
+        assert "Diagnose" in dash.static_html() and not dash.diagnose_button.disabled
+        dash.lens_choice.value = ()
+        dash.diagnose_button.click()
+        assert isinstance(dash.last_error, ValueError) and "at least one lens" in dash.error.value
+    finally:
+        dash.session.close()

@@ -114,7 +114,7 @@ class Shared:
         """One arm on a fresh engine in a child process: the Session's settings with `changes`
         (EngineSettings fields; `extra` entries merge into the Session's engine_args), its edits applied."""
         from hfvllm_lab.diagnose.jobs import child_arm
-        from hfvllm_lab.paths.vllm_path import run_isolated
+        from hfvllm_lab.paths.isolated import run_isolated
 
         settings = self.session.settings
         extra = {**settings.extra, **changes.pop("extra", {})}

@@ -1,5 +1,5 @@
 """What a diagnose arm runs on an engine: the Session's own, or a fresh one in a child process
-(`paths.vllm_path.run_isolated` calls these module-level functions there)."""
+(`paths.isolated.run_isolated` calls these module-level functions there)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def run_diagnosis(session: "Session", prompts: list[str], *, lenses=None, progre
     hf = run_hf_scoring_where_possible(HfScoreRequest(
         session.model_dir, session.device, session.hf_attention, sequences, lengths,
         (truth_pass, *floors.values()), session.trust_remote_code), isolated)
-    from hfvllm_lab.paths.vllm_path import pickled_edits
+    from hfvllm_lab.paths.isolated import pickled_edits
 
     edits, edit_note = pickled_edits(session.edits)
     shared = Shared(session, sequences, lengths, hf.outputs[truth_pass],

@@ -123,3 +123,21 @@ class _ComposedOverrides:
 
 def _describe(value: Any) -> str:
     return repr(value) if isinstance(value, dict) else getattr(value, "__name__", "a callable")
+
+
+def with_head_dtype(engine_args: dict | None, lm_head_dtype: str | None) -> dict:
+    """engine_args with vLLM's own `head_dtype` in hf_overrides (what a `vllm serve` user passes as
+    `--hf-overrides '{"head_dtype": "float32"}'`); every backend honours it, the lab with float32
+    weights packed once (backend/head.py)."""
+    from hfvllm_lab.backend.head import CONFIG_FLAG, HEAD_DTYPES
+
+    args = dict(engine_args or {})
+    if lm_head_dtype is None:
+        return args
+    if lm_head_dtype not in HEAD_DTYPES:
+        raise InputError(f"lm_head_dtype must be one of {HEAD_DTYPES}, got {lm_head_dtype!r}")
+    overrides = args.get("hf_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise InputError("lm_head_dtype cannot be merged into a callable hf_overrides: set head_dtype in your callable")
+    args["hf_overrides"] = {**overrides, CONFIG_FLAG: lm_head_dtype}
+    return args

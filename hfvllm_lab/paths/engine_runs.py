@@ -98,10 +98,28 @@ def forced_decode(path: VllmPath, sequences: list[list[int]], prompt_lengths: li
 
 
 def sample(path: VllmPath, prompts: list[list[int]], *, n: int, max_tokens: int, temperature: float,
-           top_p: float, top_k: int, seed: int | None, capture: bool = False,
-           ignore_eos: bool = False) -> SampledRun:
+           top_p: float, top_k: int, seed: int | None, capture: bool = False, ignore_eos: bool = False,
+           logprobs_mode: str = "raw") -> SampledRun:
     """`n` samples per prompt, as separate requests (sample k of prompt i seeded `seed + i*n + k`), with
-    each sampled token's logprob as vLLM returns it."""
+    each sampled token's logprob as vLLM returns it in `logprobs_mode` (sampling.LOGPROBS_MODES), which
+    is set on the live sampler for this run and given back afterwards."""
+    from hfvllm_lab.sampling import LOGPROBS_MODES
+
+    if logprobs_mode not in LOGPROBS_MODES:
+        raise InputError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}")
+    previous = path.rpc("lab_set_logprobs_mode", LOGPROBS_MODES[logprobs_mode])
+    try:
+        run = _sample(path, prompts, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                      top_k=top_k, seed=seed, capture=capture, ignore_eos=ignore_eos)
+    finally:
+        path.rpc("lab_set_logprobs_mode", previous)
+    if LOGPROBS_MODES[logprobs_mode] != previous:
+        run.seeding += f"; logprobs_mode {LOGPROBS_MODES[logprobs_mode]} set on the live sampler for this run"
+    return run
+
+
+def _sample(path: VllmPath, prompts: list[list[int]], *, n: int, max_tokens: int, temperature: float,
+            top_p: float, top_k: int, seed: int | None, capture: bool, ignore_eos: bool) -> SampledRun:
     budget = path.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     per_request = seed is not None and sum(len(p) for p in prompts) * n <= budget
     run = SampledRun()

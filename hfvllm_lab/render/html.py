@@ -286,7 +286,8 @@ def session_html(session) -> str:
     """A small card with what a session was opened with; reads plain attributes only (no engine calls)."""
     closed = getattr(session, "closed", False)
     fields = [("model", "model_name"), ("device", "device"), ("dtype", "dtype"), ("backend", "backend"),
-              ("built class", "model_class"), ("mode", "mode"), ("attention", "attention_path"),
+              ("built class", "model_class"), ("mode", "mode"), ("max_model_len", "max_model_len"),
+              ("attention", "attention_path"),
               ("HF attention", "hf_attention")]
     rows = [[label, fmt_opt(getattr(session, attr, None))] for label, attr in fields]
     rows += [["engine argument", note] for note in getattr(session, "engine_notes", None) or []]

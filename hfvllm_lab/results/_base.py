@@ -27,3 +27,18 @@ def frame(rows: list[dict[str, Any]], columns: list[str] | None = None):
 
 def rows_of(items) -> list[dict[str, Any]]:
     return [asdict(i) for i in items]
+
+
+class Shown:
+    """`repr()` and Jupyter's HTML through `hfvllm_lab.display`, rendered when shown (never stored).
+    Dataclasses that mix it in say `@dataclass(repr=False)` so the dataclass keeps this `__repr__`."""
+
+    def __repr__(self) -> str:
+        from hfvllm_lab import display
+
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        from hfvllm_lab import display
+
+        return display.html(self)

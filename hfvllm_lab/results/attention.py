@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import frame, plain, rows_of
+from hfvllm_lab.results._base import Shown, frame, plain, rows_of
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class AttentionLayerRow:
     fallback_reason: str = ""
 
 
-@dataclass
-class AttentionReport:
+@dataclass(repr=False)
+class AttentionReport(Shown):
     path: str  # "vllm" or "hf"
     selected: str  # "vllm", "sdpa" or "eager"
     reason: str  # why this selection (requested, or forced by the model)
@@ -48,12 +48,3 @@ class AttentionReport:
         return plain({"path": self.path, "selected": self.selected, "reason": self.reason, "rows": self.rows,
                       "forward_calls": self.forward_calls, "note": self.note})
 
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)

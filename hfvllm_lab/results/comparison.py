@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hfvllm_lab.parity import TokenParity
-from hfvllm_lab.results._base import frame, plain
+from hfvllm_lab.results._base import Shown, frame, plain
 from hfvllm_lab.results.generation import Generation
 from hfvllm_lab.results.teacher import TeacherForced, Verdict
 from hfvllm_lab.results.timing import LayerTiming
@@ -33,8 +33,8 @@ class ModuleDiff:
     noise: float | None = None
 
 
-@dataclass
-class BisectResult:
+@dataclass(repr=False)
+class BisectResult(Shown):
     """Per-module hidden-state differences of one prefill, in execution order."""
 
     prompt: str
@@ -53,16 +53,6 @@ class BisectResult:
         return plain({"prompt": self.prompt, "tolerance": self.tolerance, "rows": self.rows,
                       "first_divergent": self.first_divergent, "note": self.note, "mode": self.mode})
 
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
-
 
 @dataclass(frozen=True)
 class PathFigures:
@@ -78,8 +68,8 @@ class PathFigures:
     memory_source: str
 
 
-@dataclass
-class Comparison:
+@dataclass(repr=False)
+class Comparison(Shown):
     model: str
     device: str
     dtype: str
@@ -155,16 +145,6 @@ class Comparison:
                       "max_logprob_diff": self.max_logprob_diff, "prompts": self.prompts,
                       "figures": self.figures, "timing": self.timing, "residency": self.residency,
                       "teacher": self.teacher, "bisect": self.bisect})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, phase: str = "decode"):
         from hfvllm_lab import display

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import frame, plain
+from hfvllm_lab.results._base import Shown, frame, plain
 from hfvllm_lab.results.teacher import DistributionDiff, Verdict
 
 
@@ -56,8 +56,8 @@ class LensResult:
         return out
 
 
-@dataclass
-class Diagnosis:
+@dataclass(repr=False)
+class Diagnosis(Shown):
     model: str
     dtype: str
     backend: str
@@ -94,16 +94,6 @@ class Diagnosis:
         return plain({"model": self.model, "dtype": self.dtype, "backend": self.backend, "sequences": self.sequences,
                       "positions": self.positions, "beyond": self.beyond, "remedies": self.remedies,
                       "lenses": self.lenses, "seconds": self.seconds, "settings": self.settings, "notes": self.notes})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, ax=None):
         """Per lens, each arm's KL mean against the truth relative to its floor."""

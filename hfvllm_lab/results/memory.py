@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import frame, plain, rows_of
+from hfvllm_lab.results._base import Shown, frame, plain, rows_of
 from hfvllm_lab.vocab import MEMORY_PHASES as PHASES  # noqa: F401  (defined once, in vocab)
 
 
@@ -24,8 +24,8 @@ class MemoryPhase:
     seconds: float | None = None
 
 
-@dataclass
-class MemoryReport:
+@dataclass(repr=False)
+class MemoryReport(Shown):
     model: str
     device: str
     backend: str
@@ -51,16 +51,6 @@ class MemoryReport:
         return plain({"model": self.model, "device": self.device, "backend": self.backend,
                       "phases": self.phases, "eager_param_bytes": self.eager_param_bytes,
                       "meta_saving_bytes": self.meta_saving_bytes, "note": self.note})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, ax=None):
         from hfvllm_lab import display

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hfvllm_lab.backend.records import ReplacementRecord
-from hfvllm_lab.results._base import frame, plain, rows_of
+from hfvllm_lab.results._base import Shown, frame, plain, rows_of
 
 # Status of a node in the tree view (defined once, in hfvllm_lab.vocab).
 from hfvllm_lab.vocab import KEPT, REPLACED, ROUTED, SKIPPED, STATUSES, TIED  # noqa: F401
@@ -25,8 +25,8 @@ class ModuleNode:
     reason: str = ""
 
 
-@dataclass
-class ReplacementLog:
+@dataclass(repr=False)
+class ReplacementLog(Shown):
     """What the backend did to each module. `records` are candidates; `tree` is every module."""
 
     model: str
@@ -64,16 +64,6 @@ class ReplacementLog:
         from hfvllm_lab import display
 
         return display.text(self, "tree")
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, ax=None):
         from hfvllm_lab import display

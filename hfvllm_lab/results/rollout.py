@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import frame, plain
+from hfvllm_lab.results._base import Shown, frame, plain
 from hfvllm_lab.results.teacher import Verdict
 
 
@@ -71,8 +71,8 @@ class TokenRow:
     log_ratio: float  # trainer - rollout
 
 
-@dataclass
-class Rollout:
+@dataclass(repr=False)
+class Rollout(Shown):
     """`Session.rollout()`: the engine's samples, the trainer's view of them, the mismatch statistics
     for the judged engine and for the noise floor (paths right by construction), and a verdict."""
 
@@ -112,16 +112,6 @@ class Rollout:
                       "settings": self.settings, "samples": self.samples, "judged": self.judged,
                       "floors": self.floors, "verdict": self.verdict, "top_tokens": self.top_tokens,
                       "notes": self.notes, "seconds": self.seconds})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, kind: str = "ratio", ax=None):
         """kind="ratio": importance-ratio histogram on a log axis with RL's bands; "position": |log-ratio|

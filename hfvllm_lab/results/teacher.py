@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import plain
+from hfvllm_lab.results._base import Shown, plain
 
 # What a verdict can say; "pass"/"fail" in float32, the noise statuses in reduced precision.
 VERDICT_STATUSES = ("pass", "fail", "within noise", "beyond noise", "tokenization differs")
@@ -52,8 +52,8 @@ class Verdict:
         return f"{label}; {self.caveat.split('; ', 1)[-1]}" if self.caveat else label
 
 
-@dataclass
-class TeacherForced:
+@dataclass(repr=False)
+class TeacherForced(Shown):
     """Every path's distributions on the same sequences; `judged` is the engine under test,
     `floors` what the dtype alone costs paths that are right by construction."""
 
@@ -89,16 +89,6 @@ class TeacherForced:
                       "prefill_verdict": self.prefill_verdict, "decode_sequences": self.decode_sequences,
                       "decode_prompt_lengths": self.decode_prompt_lengths, "decode_judged": self.decode_judged,
                       "decode_floors": self.decode_floors, "decode_verdict": self.decode_verdict})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, ax=None):
         """Per-position KL of the judged path with the noise floor as a band."""

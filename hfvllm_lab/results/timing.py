@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfvllm_lab.results._base import frame, plain, rows_of
+from hfvllm_lab.results._base import Shown, frame, plain, rows_of
 
 # Phases and kinds of timed modules ("layer" rows contain their "attention"/"mlp"/"norm" rows),
 # defined once in hfvllm_lab.vocab.
@@ -23,8 +23,8 @@ class ModuleTime:
     mean_seconds: float  # mean time per step in which the module ran
 
 
-@dataclass
-class LayerTiming:
+@dataclass(repr=False)
+class LayerTiming(Shown):
     path: str  # "vllm" or "hf"
     device: str
     timer: str  # "device events" or "perf_counter"
@@ -63,16 +63,6 @@ class LayerTiming:
                       "steps": self.steps, "step_seconds": self.step_seconds, "warmup_steps": self.warmup_steps,
                       "hooks_per_step": self.hooks_per_step, "probe_seconds_per_hook": self.probe_seconds_per_hook,
                       "mode": self.mode})
-
-    def __repr__(self) -> str:
-        from hfvllm_lab import display
-
-        return display.text(self)
-
-    def _repr_html_(self) -> str:
-        from hfvllm_lab import display
-
-        return display.html(self)
 
     def plot(self, phase: str | None = None, ax=None):
         from hfvllm_lab import display
