@@ -48,9 +48,10 @@ def _write(args: argparse.Namespace, title: str, result, figures: list[tuple[obj
     if args.html:
         from hfvllm_lab.render.html import figure_to_img_tag, report_html
 
-        body = result._repr_html_() + "".join(figure_to_img_tag(fig, alt=alt) for fig, alt in figures)
+        sections = [(type(result).__name__, result._repr_html_())]
+        sections += [(alt, figure_to_img_tag(fig, alt=alt)) for fig, alt in figures]
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(report_html(title, [(title, body)]))
+        Path(args.html).write_text(report_html(title, sections))
         print(f"\nHTML report: {args.html}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

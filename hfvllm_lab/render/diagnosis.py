@@ -120,14 +120,14 @@ def plot_diagnosis(diagnosis, ax=None):
     fig, ax = _figure(ax, (8, 0.35 * sum(len(lens.arms) for lens in diagnosis.lenses) + 1.2))
     labels, values, colors = [], [], []
     for lens in diagnosis.lenses:
+        base_floor = lens.arms[0].floor if lens.arms else None
         for arm in lens.arms:
             if arm.verdict is None or arm.diff is None:
                 continue
-            floor = arm.floor.kl_mean if arm.floor is not None else None
+            # a float32 arm is judged by |dlogp| alone: drawn in units of the lens' baseline floor
+            floor = arm.floor or base_floor
             ratio = arm.verdict.ratio if arm.verdict.ratio is not None else (
-                arm.diff.kl_mean / floor if floor else None)
-            if ratio is None:  # float32: pass/fail on |dlogp|; show the KL itself
-                ratio = max(arm.diff.kl_mean, 1e-12)
+                arm.diff.kl_mean / floor.kl_mean if floor is not None and floor.kl_mean else arm.diff.kl_mean)
             labels.append(f"{lens.name}: {arm.name}")
             values.append(max(ratio, 1e-3))
             colors.append("#1e88e5" if arm.ok else "#e53935")
