@@ -75,6 +75,17 @@ def rebuild_note(session: "Session", requested: bool) -> str:
     return note
 
 
+def beside_engine(session: "Session", work, residency: str = "auto"):
+    """(what `work()` returned, residency note): transformers work run beside the engine when the device
+    has room, else with the engine closed meanwhile and rebuilt after (the same rules as compare())."""
+    sequential, why = choose_residency(session, residency)
+    if not sequential:
+        return work(), why
+    why += rebuild_note(session, requested=residency == "sequential")
+    with session.released():
+        return work(), why
+
+
 def run_hf(session: "Session", req: HfSideRequest) -> HfSideResult:
     return run_hf_side_isolated(req) if session.hf_in_child_process else run_hf_side(req)
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hfvllm_lab.assemble import BACKEND_LABELS
+from hfvllm_lab.compare import beside_engine
 from hfvllm_lab.device import resolve_dtype
 from hfvllm_lab.errors import InputError
 from hfvllm_lab.mismatch import mismatch_metrics
@@ -34,14 +35,14 @@ CONTEXT_TOKENS = 8
 def run_rollout(session: "Session", prompts: list[str], *, n: int, max_tokens: int, temperature: float,
                 top_p: float, top_k: int, seed: int | None, logprobs_mode: str, trainer_dtype: str | None,
                 native_floor: bool | None, progress=None) -> Rollout:
-    step = progress or (lambda what: None)
+    report = progress or (lambda done, total, what: None)
     if n < 1 or temperature < 0 or not 0 < top_p <= 1:
         raise InputError("rollout needs n >= 1, temperature >= 0 and 0 < top_p <= 1")
     if logprobs_mode not in LOGPROBS_MODES:
         raise InputError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {logprobs_mode!r}")
     trainer_dtype = resolve_dtype(trainer_dtype or session.dtype, session.device)
     begin = time.perf_counter()
-    step("sampling on the engine")
+    report(0, 3, "sampling on the engine")
     run = session.sample(prompts, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                          seed=seed, logprobs_mode=logprobs_mode)
     kept = [(i, s) for i, s in enumerate(run.samples) if s.token_ids]
@@ -56,13 +57,14 @@ def run_rollout(session: "Session", prompts: list[str], *, n: int, max_tokens: i
     if len(kept) < len(run.samples):
         result.notes.append(f"{len(run.samples) - len(kept)} sample(s) ended at once (EOS) and hold no token")
 
-    step("transformers: the trainer and the floors")
+    report(1, 3, "transformers: the trainer and the floors")
     passes = [ScorePass(trainer_dtype, "teacher"), ScorePass(session.dtype, "decode")]
     if session.dtype != "float32" and trainer_dtype != "float32":
         passes.append(ScorePass("float32", "teacher"))
     req = HfScoreRequest(session.model_dir, session.device, session.hf_attention, sequences, lengths, tuple(passes),
                          session.trust_remote_code, tokens_only=True, transform=transform)
-    hf = run_hf_scoring_where_possible(req, session.hf_in_child_process)
+    hf, residency = beside_engine(session, lambda: run_hf_scoring_where_possible(req, session.hf_in_child_process))
+    result.notes.append(f"transformers ran {residency}")
     trainer = hf.outputs[passes[0]]
     mine = hf.outputs[passes[1]]
     trainer_name = f"trainer: transformers ({trainer_dtype}, teacher-forced"
@@ -75,7 +77,7 @@ def run_rollout(session: "Session", prompts: list[str], *, n: int, max_tokens: i
     if len(passes) > 2:  # what the session's dtype alone costs (against the trainer above when it is float32)
         result.floors.append(mismatch_metrics(f"transformers ({session.dtype}, KV-cache decode)",
                                               "transformers (float32, teacher-forced)", mine, hf.outputs[passes[2]]))
-    step("vLLM native decoding the same tokens")
+    report(2, 3, "vLLM native decoding the same tokens")
     native = _native_tokens(session, sequences, lengths, transform, native_floor, result.notes)
     if native is not None:
         result.floors.append(mismatch_metrics(f"vLLM native ({session.dtype}, decode steps)", trainer_name, native,
@@ -88,6 +90,7 @@ def run_rollout(session: "Session", prompts: list[str], *, n: int, max_tokens: i
     result.samples = [RolloutSample(prompts[i // n], s.prompt_token_ids, s.token_ids, "", s.logprobs, t, s.seed)
                       for (i, s), t in zip(kept, trainer)]
     _describe_tokens(session, result)
+    report(3, 3, "done")
     result.seconds = time.perf_counter() - begin
     return result
 

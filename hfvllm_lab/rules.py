@@ -95,7 +95,7 @@ def worse_of(parts: Sequence[tuple[str, Verdict]]) -> Verdict:
     """One verdict for several judged parts (prefill, decode): the worst, naming every part."""
     order = {"tokenization differs": 0, "fail": 1, "beyond noise": 1, "pass": 2, "within noise": 2}
     worst_name, worst = min(parts, key=lambda p: (order.get(p[1].status, 1), -(p[1].ratio or 0.0)))
-    others = "; ".join(f"{name}: {v.label}" + (f" ({v.ratio:.2g}x)" if v.ratio is not None else "")
+    others = "; ".join(f"{name}: {v.label}" + (f" ({v.ratio:.2g}x)" if v.ratio is not None else f" ({v.reason})")
                        for name, v in parts if name != worst_name)
     reason = f"{worst_name}: {worst.reason}" + (f" | {others}" if others else "")
     return _verdict(worst.status, worst.ratio, worst.rule, reason, part=worst_name)

@@ -310,7 +310,8 @@ class Session:
                 trainer_dtype: str | None = None, native_floor: bool | None = None, progress=None):
         """Rollout mismatch as RL measures it (`results.rollout.Rollout`): the engine samples, transformers
         (the trainer, in `trainer_dtype`, default the session's) scores the same tokens, and the per-token
-        log-ratios are summarised as verl/TRL log them, against a floor of paths right by construction."""
+        log-ratios are summarised as verl/TRL log them, against a floor of paths right by construction.
+        `progress(done, total, what)` is called before each step."""
         from hfvllm_lab.rollout import run_rollout
 
         prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from hfvllm_lab.compare import beside_engine
 from hfvllm_lab.diagnose.context import Shared
 from hfvllm_lab.diagnose.corpus import long_token_ids
 from hfvllm_lab.diagnose.lenses import LENSES, long_context, unavailable
@@ -59,9 +60,10 @@ def run_diagnosis(session: "Session", prompts: list[str], *, lenses=None, progre
         f"transformers ({session.dtype}, teacher-forced)": ScorePass(session.dtype, "teacher"),
         f"transformers ({session.dtype}, KV-cache decode)": ScorePass(session.dtype, "decode")}
     truth_pass = ScorePass("float32", "teacher")
-    hf = run_hf_scoring_where_possible(HfScoreRequest(
-        session.model_dir, session.device, session.hf_attention, sequences, lengths,
-        (truth_pass, *floors.values()), session.trust_remote_code), isolated)
+    request = HfScoreRequest(session.model_dir, session.device, session.hf_attention, sequences, lengths,
+                             (truth_pass, *floors.values()), session.trust_remote_code)
+    hf, residency = beside_engine(session, lambda: run_hf_scoring_where_possible(request, isolated))
+    result.notes.append(f"transformers ran {residency}")
     from hfvllm_lab.paths.isolated import pickled_edits
 
     edits, edit_note = pickled_edits(session.edits)
