@@ -83,7 +83,7 @@ def diagnose(args: argparse.Namespace) -> int:
                                   max_tokens=args.max_tokens, seed=args.seed)
     print(repr(result))
     _write(args, f"hfvllm_lab diagnose: {result.model}", result, [(result.plot(), "arms against the floor")])
-    return 0 if not result.beyond else 1
+    return 0 if not (result.mismatched or result.failed) else 1
 
 
 def coverage(args: argparse.Namespace) -> int:

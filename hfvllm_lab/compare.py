@@ -1,13 +1,16 @@
 """`Session.compare()` and `Session.bisect()`: the engine under test against the HF-native path.
 
-Uses only the Session's public API (generate, profile, memory, score_tokens, capture, released,
-and its settings), so a user can assemble the same comparison by hand.
+Built on the Session's API (generate, profile, memory, score_tokens, decode_scores, capture, released,
+its edits and settings), so a user can assemble the same comparison by hand; reference engines (vLLM
+native as a floor) run in child processes (`paths/isolated.py`).
 
 What is compared, on the same prompts:
 - free-running greedy tokens and top-k logprobs (vLLM's own parity rule);
 - teacher forcing: every path scores the same sequences (prompt + the reference's greedy
   continuation) and full next-token distributions are compared with transformers in float32;
-- in reduced precision, the verdict is relative to the noise floor measured in the same run:
+- decode steps: the engine's own greedy sequences, each decode step's full distribution against
+  transformers float32 teacher-forced on the same tokens;
+- in reduced precision, the verdicts are relative to the noise floor measured in the same run:
   transformers in the session's dtype and, where vLLM has a native class, vLLM native.
 """
 
@@ -22,6 +25,7 @@ from hfvllm_lab.device import free_device_bytes
 from hfvllm_lab.errors import ProbeUnavailableError
 from hfvllm_lab.noise import distribution_diff, module_noise, next_tokens, noise_verdict
 from hfvllm_lab.rules import worse_of
+from hfvllm_lab.paths.hf_scoring import decode_step_rows
 from hfvllm_lab.paths.hf_side import HfSideRequest, HfSideResult, run_hf_side, run_hf_side_isolated
 from hfvllm_lab.results.comparison import BisectResult, Comparison, PathFigures, tokenization_agrees
 from hfvllm_lab.results.generation import Generation
@@ -115,13 +119,13 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     vllm_seconds = time.perf_counter() - begin
     timing = {"vllm": session.profile(prompts, max_tokens, warmup=0)} if profile else {}
     vllm_caps = session.capture(prompts[0]) if bisect else None
-    # The engine's own greedy sequences, decoded again in the same batch with its choices forced: the
-    # same decode steps, now with each step's full distribution (what users' tokens came from).
-    decode = engine_decode(session, vllm_out) if max_tokens > 1 else None
     vllm_label = BACKEND_LABELS[session.backend]
     figures = {"vllm": engine_figures(session, vllm_label, vllm_out, vllm_seconds)}
     if against == "vllm":
         return _against_itself(session, prompts, max_tokens, vllm_out, figures, timing, vllm_caps)
+    # The engine's own greedy sequences, decoded again in the same batch with its choices forced: the
+    # same decode steps, now with each step's full distribution (what users' tokens came from).
+    decode = engine_decode(session, vllm_out) if any(len(g.token_ids) > 1 for g in vllm_out) else None
 
     sequential, why = choose_residency(session, residency)
     if session.hf_in_child_process:
@@ -147,8 +151,8 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
     cmp.dtype_reason, cmp.mode = session.dtype_reason, session.mode
     cmp.teacher = teacher_forced(session, hf, vllm_label, native_floor, tokenization_agrees(hf.generations, vllm_out),
                                  decode)
-    if max_tokens == 1:
-        cmp.teacher.notes.append("decode steps not judged: max_tokens=1 makes no decode step")
+    if decode is None:
+        cmp.teacher.notes.append("decode steps not judged: no sequence reached a second token (max_tokens=1)")
     if bisect:
         cmp.bisect = _bisect_from(session, prompts[0], vllm_out[0].prompt_token_ids, vllm_caps, hf, None)
     return cmp
@@ -171,7 +175,7 @@ def engine_decode(session: "Session", generations: list[Generation]) -> EngineDe
 
 def decode_steps(rows: list, sequences: list[list[int]], prompt_lengths: list[int]) -> tuple[list, list[list[int]]]:
     """Rows of decode steps only (row 0 came from the prefill) and the tokens they predict."""
-    return [r[1:] for r in rows], [list(q[n + 1:]) for q, n in zip(sequences, prompt_lengths)]
+    return decode_step_rows(rows), [list(q[n + 1:]) for q, n in zip(sequences, prompt_lengths)]
 
 
 def teacher_forced(session: "Session", hf: HfSideResult, vllm_label: str, native_floor: bool | None,

@@ -48,7 +48,6 @@ def mismatch_metrics(path: str, against: str, rollout: list[list[float]],
     seq_mean_r = torch.stack([r.mean() for r, _ in seqs])
     d = seq_mean_r - seq_mean_t  # per-sequence log-perplexity difference, verl's sign
     w = seq_sum.clamp(-CLAMP, CLAMP).exp()
-    bands = {f"outside_{lo:g}_{hi:g}": float(((ratio < lo) | (ratio > hi)).double().mean()) for lo, hi in RATIO_BANDS}
     return MismatchMetrics(
         path=path, against=against, tokens=int(lr.numel()), sequences=len(seqs),
         mean_abs_log_ratio=float(abs_lr.mean()), p99_abs_log_ratio=float(abs_lr.quantile(0.99)),
@@ -57,7 +56,7 @@ def mismatch_metrics(path: str, against: str, rollout: list[list[float]],
         training_ppl=float((-seq_mean_t).exp().mean()), rollout_ppl=float((-seq_mean_r).exp().mean()),
         log_ppl_diff=float(d.mean()), log_ppl_abs_diff=float(d.abs().mean()),
         chi2_token=float((ratio ** 2).mean() - 1), chi2_seq=float((2 * seq_sum.clamp(-CLAMP, CLAMP)).exp().mean() - 1),
-        outside_bands=bands,
+        outside_bands=outside_band_shares(lr.tolist()),
         seq_log_ratio_mean=float(seq_sum.mean()),
         seq_log_ratio_std=float(seq_sum.std()) if len(seqs) > 1 else 0.0,
         seq_ess=float(w.sum() ** 2 / (len(seqs) * (w ** 2).sum())),

@@ -82,7 +82,8 @@ def run_rollout(session: "Session", prompts: list[str], *, n: int, max_tokens: i
     if native is not None:
         result.floors.append(mismatch_metrics(f"vLLM native ({session.dtype}, decode steps)", trainer_name, native,
                                               trainer))
-    judged_dtype = "float32" if session.dtype == trainer_dtype == "float32" else session.dtype
+    # the strict float32 rule only when both sides run float32; else the rounding of the narrower side
+    judged_dtype = session.dtype if session.dtype != "float32" else trainer_dtype
     result.verdict = rollout_verdict(result.judged.mean_abs_log_ratio, result.judged.k3_kl,
                                      [(f"{f.path} vs {f.against}", f.mean_abs_log_ratio, f.k3_kl)
                                       for f in result.floors],

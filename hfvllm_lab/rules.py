@@ -61,7 +61,7 @@ def noise_verdict(judged: DistributionDiff, floors: Sequence[DistributionDiff], 
                        "the paths were given different prompt token ids; nothing else can be compared")
     if dtype == "float32":
         ok = judged.max_target_logprob_diff <= FLOAT32_LOGPROB_TOLERANCE
-        rule = f"float32: teacher-forced |dlogp| of every target token <= {FLOAT32_LOGPROB_TOLERANCE:g}"
+        rule = f"float32: |dlogp| of every target token against transformers float32 <= {FLOAT32_LOGPROB_TOLERANCE:g}"
         reason = f"max |dlogp| {judged.max_target_logprob_diff:.3g}, KL max {judged.kl_max:.3g}"
         return _verdict("pass" if ok else "fail", None, rule, reason)
     if not floors:
@@ -135,15 +135,20 @@ def rollout_verdict(judged_mean_abs: float, judged_k3: float, floors: Sequence[t
 
 
 # Lens statuses, in the order a Diagnosis lists them.
-LENS_CAUSE, LENS_REMEDY, LENS_EVERY_ARM, LENS_WITHIN, LENS_UNAVAILABLE = (
-    "beyond noise", "remedy", "beyond noise in every arm", "within noise", "unavailable")
-LENS_STATUSES = (LENS_CAUSE, LENS_REMEDY, LENS_EVERY_ARM, LENS_WITHIN, LENS_UNAVAILABLE)
+LENS_CAUSE, LENS_REMEDY, LENS_EVERY_ARM, LENS_WITHIN, LENS_UNAVAILABLE, LENS_FAILED = (
+    "beyond noise", "remedy", "beyond noise in every arm", "within noise", "unavailable", "failed")
+LENS_STATUSES = (LENS_CAUSE, LENS_REMEDY, LENS_EVERY_ARM, LENS_WITHIN, LENS_UNAVAILABLE, LENS_FAILED)
+# Statuses that say the engine as the Session runs it is beyond noise somewhere.
+LENS_MISMATCHED = (LENS_CAUSE, LENS_REMEDY, LENS_EVERY_ARM)
 
 
-def lens_status(arms: Sequence[tuple[str, Verdict]]) -> tuple[str, str]:
-    """(status, why) of a lens from its arms' verdicts against the truth; arms[0] is the baseline (the
-    session's own setting), the others flip one factor. The factor causes a mismatch when the baseline
-    is ok and a flip is not; a flip is a remedy when the baseline is not ok and the flip is."""
+def lens_status(arms: Sequence[tuple[str, Verdict]], settable: bool) -> tuple[str, str]:
+    """(status, why) of a lens from its arms' verdicts against the truth. arms[0] is the baseline, the
+    others flip one factor. A lens over a property of the workload (decode steps, batches, positions:
+    `settable=False`) names its factor whenever its arms disagree. A lens over an engine setting the
+    user chooses (arm 0 the Session's own) names the factor when the Session's setting is within noise
+    and a flip is not, and calls a flip a remedy when the Session's setting is beyond noise and the flip
+    within. Beyond noise in every arm: this factor does not decide it."""
     (base_name, base), flips = arms[0], arms[1:]
     bad = [name for name, v in flips if not v.ok]
     good = [name for name, v in flips if v.ok]
@@ -151,13 +156,15 @@ def lens_status(arms: Sequence[tuple[str, Verdict]]) -> tuple[str, str]:
         return LENS_WITHIN, f"every arm within noise ({', '.join(n for n, _ in arms)})"
     if base.ok:
         return LENS_CAUSE, f"{', '.join(bad)} beyond noise while {base_name} is within"
+    if good and not settable:
+        return LENS_CAUSE, f"{base_name} beyond noise while {', '.join(good)} within: the factor decides it"
     if good:
         return LENS_REMEDY, f"{base_name} beyond noise; {', '.join(good)} within: the flip removes the mismatch"
-    return LENS_EVERY_ARM, f"beyond noise in every arm: not caused by this factor"
+    return LENS_EVERY_ARM, "beyond noise in every arm: not caused by this factor"
 
 
 __all__ = [
-    "FLOAT32_LOGPROB_TOLERANCE", "LENS_STATUSES", "LOGPROB_TOLERANCE", "MODULE_NOISE_ABS", "MODULE_NOISE_FACTOR",
+    "FLOAT32_LOGPROB_TOLERANCE", "LENS_MISMATCHED", "LENS_STATUSES", "LOGPROB_TOLERANCE", "MODULE_NOISE_ABS", "MODULE_NOISE_FACTOR",
     "NOISE_FACTOR", "PARITY_MAX_GAP", "PARITY_TOP_K", "RATIO_BANDS", "lens_status", "noise_verdict",
     "rollout_verdict", "with_module_caveat", "worse_of",
 ]

@@ -97,3 +97,26 @@ def test_unknown_lenses_and_too_few_tokens_are_refused():
             s.diagnose(lenses=["decode", "no such lens"])
         with pytest.raises(InputError, match="max_tokens >= 2"):
             s.diagnose(lenses=["decode"], max_tokens=1)
+
+
+def test_an_arm_whose_engine_cannot_take_the_sessions_edits_does_not_run():
+    """An edit written for the lab's modules has nothing to act on in vLLM's own classes: judging those
+    arms would compare an edited engine with unedited ones, so they say why and do not run."""
+    from hfvllm_lab import Session
+
+    def scale_final_norm(model):
+        norm = model.hf.model.norm
+        forward = norm.forward
+        norm.forward = lambda x, *a, **k: forward(x, *a, **k) * 1.0001
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        s = Session("llama")
+    with s:
+        s.apply_model(scale_final_norm)
+        result = s.diagnose(PROMPTS[:1], lenses=["backend"], n=1, max_tokens=4, progress=lambda *a: None)
+    lens = result.lens("backend")
+    assert lens.status == LENS_UNAVAILABLE, lens
+    assert [a.name for a in lens.arms] == ["lab", "transformers", "native"]
+    for arm in lens.arms[1:]:
+        assert arm.verdict is None and "edits do not apply" in arm.notes[0], arm.notes

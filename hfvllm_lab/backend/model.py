@@ -536,7 +536,6 @@ class LabForCausalLM(nn.Module):
             raise WeightsError("load_weights after the first load is off (hf_overrides lab_weight_updates=False): "
                                "the device's kernels repacked the weights and no loadable copy was kept")
         expected = {n for n, _ in self.named_parameters() if ATTN_ATTR not in n.split(".")}
-        self._conversion.partial = False
         outcome = load_checked(self, weights, self._names, expected, self._conversion)
         if self._lab_keep_loadable:
             self._lab_stash = WeightStash(self)
@@ -553,14 +552,15 @@ class LabForCausalLM(nn.Module):
     def _load_update(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         stash = self._lab_stash
         live = stash.swap_in()
-        touched: set[int] = set()
         try:
-            self._conversion.partial = True
             outcome = load_checked(self, weights, self._names, set(), self._conversion, partial=True)
-            params = dict(self.named_parameters(remove_duplicate=False))
-            touched = {id(params[n]) for n in outcome.loaded if n in params}
-        finally:
-            repacked = stash.finish(live, touched)
+        except BaseException:
+            # Some tensors may have landed before the error: repack every layer from what it now holds,
+            # so the kernels and the loadable weights never disagree.
+            stash.finish(live, {id(p) for own in stash.params.values() for p in own.values()})
+            raise
+        params = dict(self.named_parameters(remove_duplicate=False))
+        repacked = stash.finish(live, {id(params[n]) for n in outcome.loaded if n in params})
         self.lab_report.weight_updates.append(
             f"{len(outcome.loaded)} parameters updated, {len(repacked)} layers repacked")
         return outcome.loaded

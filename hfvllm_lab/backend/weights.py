@@ -70,7 +70,7 @@ class CheckpointConversion:
     transformers' own operations and handed on under the target's name.
     """
 
-    def __init__(self, hf_model: nn.Module, hf_state: dict[str, tuple[int, ...]], partial: bool = False) -> None:
+    def __init__(self, hf_model: nn.Module, hf_state: dict[str, tuple[int, ...]]) -> None:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
 
@@ -84,9 +84,6 @@ class CheckpointConversion:
         # target key -> (converter, {source pattern: [(checkpoint name, tensor)]})
         self._pending: dict[str, tuple[object, dict[str, list[tuple[str, torch.Tensor]]]]] = {}
         self.converted: list[str] = []  # target names produced by a converter
-        # After the first load a converter's sources may arrive in part (one expert): those are handed
-        # on as `ExpertSlice`s under the target's name instead of being converted.
-        self.partial = partial
         self.renamed: dict[str, str] = {}  # checkpoint name -> HF name, where they differ
 
     def describe(self) -> list[str]:
@@ -101,7 +98,11 @@ class CheckpointConversion:
             return name, None
         return renamed, pattern
 
-    def __call__(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    def __call__(self, weights: Iterable[tuple[str, torch.Tensor]],
+                 partial: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """The stream converted. `partial` (a load after the first): a converter's sources may arrive in
+        part (one expert); those are handed on as `ExpertSlice`s under the target's name."""
+        self._pending = {}  # nothing held over from a load that stopped partway
         for name, tensor in weights:
             target, pattern = self.rename(name)
             if pattern is None or target not in self.hf_state:
@@ -114,7 +115,7 @@ class CheckpointConversion:
             if self._complete(target, converter, collected):
                 yield from self._convert(target)
         for target in list(self._pending):
-            if self.partial:
+            if partial:
                 yield from self._slices(target)
             else:
                 yield from self._convert(target)
@@ -197,7 +198,7 @@ def load_checked(
     sliced: set[str] = set()  # packed expert parameters updated one expert at a time
 
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in (conversion(weights) if conversion is not None else weights):
+        for name, tensor in (conversion(weights, partial) if conversion is not None else weights):
             target = names(name)
             if isinstance(tensor, ExpertSlice) and target is not None:
                 owner, _, attr = target.rpartition(".")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfvllm_lab.mismatch import outside_band_shares
 from hfvllm_lab.noise import distribution_diff
+from hfvllm_lab.paths.hf_scoring import decode_step_rows
 from hfvllm_lab.results.diagnosis import ArmResult
 from hfvllm_lab.results.teacher import DistributionDiff
 from hfvllm_lab.rules import noise_verdict
@@ -56,7 +57,8 @@ class Shared:
         if floor_rows is None:
             floor_rows = self.floor_rows if dtype == self.session.dtype else self._floor_rows_for(dtype)
         targets = self.targets if targets is None else targets
-        return [distribution_diff(name, TRUTH, _decode(truth), _decode(r), targets) for name, r in floor_rows.items()]
+        return [distribution_diff(name, TRUTH, decode_step_rows(truth), decode_step_rows(r), targets)
+                for name, r in floor_rows.items()]
 
     def _floor_rows_for(self, dtype: str) -> dict[str, list]:
         if dtype not in self._dtype_floors:
@@ -64,10 +66,12 @@ class Shared:
 
             passes = {f"transformers ({dtype}, teacher-forced)": ScorePass(dtype, "teacher"),
                       f"transformers ({dtype}, KV-cache decode)": ScorePass(dtype, "decode")}
+            from hfvllm_lab.compare import beside_engine
+
             s = self.session
-            hf = run_hf_scoring_where_possible(HfScoreRequest(
-                s.model_dir, s.device, s.hf_attention, self.sequences, self.prompt_lengths, tuple(passes.values()),
-                s.trust_remote_code), self.isolated)
+            request = HfScoreRequest(s.model_dir, s.device, s.hf_attention, self.sequences, self.prompt_lengths,
+                                     tuple(passes.values()), s.trust_remote_code)
+            hf, _ = beside_engine(s, lambda: run_hf_scoring_where_possible(request, self.isolated))
             self._dtype_floors[dtype] = {name: hf.outputs[p] for name, p in passes.items()}
         return self._dtype_floors[dtype]
 
@@ -80,10 +84,14 @@ class Shared:
         truth = self.truth if truth is None else truth
         targets = self.targets if targets is None else targets
         floors = self.floors(dtype=dtype) if floors is None else floors
-        diff = distribution_diff(name, TRUTH, _decode(truth), _decode(rows), targets)
+        diff = distribution_diff(name, TRUTH, decode_step_rows(truth), decode_step_rows(rows), targets)
         verdict = noise_verdict(diff, floors, dtype)
-        floor = max(floors, key=lambda f: f.kl_mean, default=None)
-        return ArmResult(name, setting, diff, floor, verdict, bands(_decode(truth), _decode(rows), targets),
+        shown = floors
+        if not floors and dtype == "float32" and self.session.dtype != "float32" and targets is self.targets:
+            shown = self.floors()  # a float32 arm is judged by |dlogp|; shown beside the session's floor
+        floor = max(shown, key=lambda f: f.kl_mean, default=None)
+        return ArmResult(name, setting, diff, floor, verdict,
+                         bands(decode_step_rows(truth), decode_step_rows(rows), targets),
                          tokens_per_second, seconds, list(notes))
 
     # -- the Session's own engine ------------------------------------------------------------
@@ -110,40 +118,51 @@ class Shared:
 
     # -- child engines -----------------------------------------------------------------------
     def child(self, kind: str = "decode", composition: str = "batch", env: dict | None = None,
-              **changes: Any) -> tuple[dict, list[str]]:
-        """One arm on a fresh engine in a child process: the Session's settings with `changes`
-        (EngineSettings fields; `extra` entries merge into the Session's engine_args), its edits applied."""
+              extra: dict | None = None, keep_extra: bool = True, **changes: Any) -> dict:
+        """One arm on a fresh engine in a child process: the Session's settings with `changes` (EngineSettings
+        fields) and `extra` engine_args (merged into the Session's, or alone with keep_extra=False), the
+        Session's edits applied. Refused (ProbeUnavailableError) when an edit cannot travel or does not
+        apply there: the arm would differ from the Session in more than the flipped factor."""
         from hfvllm_lab.diagnose.jobs import child_arm
+        from hfvllm_lab.errors import ProbeUnavailableError
         from hfvllm_lab.paths.isolated import run_isolated
 
+        if self.edit_note:
+            raise ProbeUnavailableError(self.edit_note)
         settings = self.session.settings
-        extra = {**settings.extra, **changes.pop("extra", {})}
-        settings = replace(settings, extra=extra, **changes)
+        merged = {**(settings.extra if keep_extra else {}), **(extra or {})}
+        settings = replace(settings, extra=merged, **changes)
         out, notes = run_isolated(settings, child_arm, kind, self.sequences, self.prompt_lengths, composition,
                                   self.speed_prompts, edits=self.edits, env=env)
-        if self.edit_note:
-            notes = [self.edit_note, *notes]
-        return out, notes
+        if notes:
+            raise ProbeUnavailableError(f"the Session's edits do not apply to this engine: {'; '.join(notes)}")
+        return out
 
     def child_judged(self, name: str, setting: str, **kwargs: Any) -> ArmResult:
-        """A child-engine arm, judged in its own dtype (the `dtype` change, else the session's)."""
+        """A child-engine arm, judged in its own dtype (the `dtype` change, else the session's). An arm that
+        cannot run says why ("could not run" for a refusal, "failed" for anything else); the lens goes on."""
         begin = time.perf_counter()
         try:
-            out, notes = self.child(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - an arm that cannot run says why; the lens goes on
-            from hfvllm_lab.errors import first_line, root_cause
-
-            root = root_cause(exc)
-            return ArmResult(name, setting, notes=[f"could not run: {type(root).__name__}: {first_line(root, 300)}"],
-                             seconds=time.perf_counter() - begin)
+            out = self.child(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - recorded on the arm, and a non-refusal fails the lens
+            return ArmResult(name, setting, notes=[arm_failure(exc)], seconds=time.perf_counter() - begin)
         return self.judge(name, f"{setting} ({out['model_class'].rsplit('.', 1)[-1]})", out["rows"],
-                          seconds=out["seconds"], tokens_per_second=out["tokens_per_second"], notes=notes,
+                          seconds=out["seconds"], tokens_per_second=out["tokens_per_second"],
                           dtype=kwargs.get("dtype"))
 
 
-def _decode(rows: list) -> list:
-    """Rows of decode steps (row 0 of a continuation came from the prefill)."""
-    return [r[1:] for r in rows]
+def arm_failure(exc: BaseException) -> str:
+    """'could not run: ...' for the toolkit's or vLLM's refusals, 'failed: ...' (with where) otherwise."""
+    import traceback
+
+    from hfvllm_lab.errors import LabError, first_line, root_cause
+
+    root = root_cause(exc)
+    if isinstance(root, LabError) or isinstance(exc, LabError):
+        return f"could not run: {type(root).__name__}: {first_line(root, 300)}"
+    where = traceback.extract_tb(root.__traceback__)[-1] if root.__traceback__ else None
+    at = f" at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}" if where else ""
+    return f"failed: {type(root).__name__}: {first_line(root, 300)}{at}"
 
 
 def bands(truth: list, rows: list, targets: list[list[int]]) -> dict[str, float]:

@@ -8,24 +8,29 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from hfvllm_lab.diagnose.context import Shared, cpu_split
+from hfvllm_lab.diagnose.context import Shared, arm_failure, cpu_split
+from hfvllm_lab.paths.hf_scoring import continuation_rows, decode_step_rows
 from hfvllm_lab.noise import kl_per_position
 from hfvllm_lab.results.diagnosis import ArmResult, LensResult
-from hfvllm_lab.rules import LENS_UNAVAILABLE, lens_status
+from hfvllm_lab.rules import LENS_FAILED, LENS_UNAVAILABLE, lens_status
 
 CHUNK_TOKENS = 64
 LONG_DECODE_TOKENS = 32
 BUCKET_EDGES = (0, 256, 512, 1024, 2048)
 
 
-def finish(lens: LensResult) -> LensResult:
-    """Status from the arms that ran; KL of arm 0 against each arm that has rows."""
+def finish(lens: LensResult, settable: bool = True) -> LensResult:
+    """Status from the arms that ran (rules.lens_status; `settable`: the lens flips an engine setting
+    the user chooses, not a property of the workload); KL of arm 0 against each arm that has rows."""
     judged = [(a.name, a.verdict) for a in lens.arms if a.verdict is not None]
     if len(judged) < 2 or lens.arms[0].verdict is None:
-        why = "; ".join(n for a in lens.arms for n in a.notes if n.startswith("could not run")) or "fewer than two arms"
-        lens.status, lens.reason = LENS_UNAVAILABLE, (lens.reason or why)
+        notes = [n for a in lens.arms for n in a.notes]
+        failed = [n for n in notes if n.startswith("failed")]
+        lens.status = LENS_FAILED if failed else LENS_UNAVAILABLE
+        lens.reason = lens.reason or "; ".join(failed or [n for n in notes if n.startswith("could not run")]) \
+            or "fewer than two arms ran"
         return lens
-    lens.status, lens.reason = lens_status(judged)
+    lens.status, lens.reason = lens_status(judged, settable)
     return lens
 
 
@@ -36,16 +41,16 @@ def unavailable(name: str, factor: str, why: str) -> LensResult:
 def decode(shared: Shared) -> LensResult:
     """The same positions teacher-forced in one prefill per sequence, and produced by decode steps."""
     lens = LensResult("decode", "prefill vs decode steps (KV cache, decode attention), each sequence alone")
-    begin = time_now()
+    begin = time.perf_counter()
     scores = shared.session.score_tokens(shared.sequences)
-    prefill = [s[n - 1: len(q) - 1] for s, q, n in zip(scores, shared.sequences, shared.prompt_lengths)]
+    prefill = [continuation_rows(s, n, len(q)) for s, q, n in zip(scores, shared.sequences, shared.prompt_lengths)]
     lens.arms.append(shared.judge("prefill", "this Session's engine, each sequence teacher-forced in one prefill",
-                                  prefill, seconds=time_now() - begin))
+                                  prefill, seconds=time.perf_counter() - begin))
     alone = shared.session_arm("alone")
     lens.arms.append(shared.judge("decode steps", "this Session's engine, forced decode, one sequence at a time",
                                   alone["rows"], seconds=alone["seconds"]))
     lens.kl_between = [None, _kl_between(prefill, alone["rows"])]
-    return finish(lens)
+    return finish(lens, settable=False)
 
 
 def batch(shared: Shared) -> LensResult:
@@ -57,17 +62,18 @@ def batch(shared: Shared) -> LensResult:
         lens.arms.append(shared.judge(names[composition], f"this Session's engine, forced decode, {composition}",
                                       arm["rows"], seconds=arm["seconds"]))
     lens.kl_between = [None] + [_kl_between(arms["alone"]["rows"], arms[c]["rows"]) for c in ("batch", "reversed")]
-    return finish(lens)
+    return finish(lens, settable=False)
 
 
 def prefix_caching(shared: Shared) -> LensResult:
     name, factor = "prefix caching", "a cold prefill vs the prompt's blocks served from vLLM's prefix cache"
-    begin = time_now()
     try:
-        out, notes = shared.child(kind="prefix", extra={"enable_prefix_caching": True})
-    except Exception as exc:  # noqa: BLE001
-        return unavailable(name, factor, f"could not run: {type(exc).__name__}: {exc}"[:300])
-    lens = LensResult(name, factor, notes=notes)
+        out = shared.child(kind="prefix", extra={"enable_prefix_caching": True})
+    except Exception as exc:  # noqa: BLE001 - recorded as the lens' reason
+        why = arm_failure(exc)
+        return LensResult(name, factor, status=LENS_FAILED if why.startswith("failed") else LENS_UNAVAILABLE,
+                          reason=why)
+    lens = LensResult(name, factor)
     served = sum(out["cached_again"])
     prompt_tokens = sum(shared.prompt_lengths)
     lens.arms.append(shared.judge("cold", f"prefix caching on, empty cache ({sum(out['cached'])} tokens from it)",
@@ -75,7 +81,6 @@ def prefix_caching(shared: Shared) -> LensResult:
     lens.arms.append(shared.judge("prefix cached", f"the same requests again: {served} of {prompt_tokens} prompt "
                                   "tokens served from the cache", out["rows_cached"]))
     lens.kl_between = [None, _kl_between(out["rows"], out["rows_cached"])]
-    lens.seconds = time_now() - begin
     if served == 0:
         return unavailable(name, factor, "no prompt token was served from the prefix cache (prompts shorter than one "
                                          "KV block?)")
@@ -105,9 +110,9 @@ def long_context(shared: Shared, long: dict) -> LensResult:
     lens = LensResult("long context", f"positions of one {length}-token text, by bucket, and decode steps after "
                                       f"{length - LONG_DECODE_TOKENS} tokens")
     lens.notes += long.get("notes", [])
-    begin = time_now()
+    begin = time.perf_counter()
     engine = shared.session.score_tokens([ids])[0][: length - 1]
-    seconds = time_now() - begin
+    seconds = time.perf_counter() - begin
     edges = [e for e in BUCKET_EDGES if e < length - 1] + [length - 1]
     for lo, hi in zip(edges, edges[1:]):
         lens.arms.append(_bucket_arm(shared, long, engine, lo, hi, seconds))
@@ -121,7 +126,7 @@ def long_context(shared: Shared, long: dict) -> LensResult:
     lens.arms.append(shared.judge(f"decode at {prompt}+", f"forced decode of the last {LONG_DECODE_TOKENS} tokens",
                                   run, truth=truth, targets=targets,
                                   floors=shared.floors(truth=truth, floor_rows=floors, targets=targets)))
-    return finish(lens)
+    return finish(lens, settable=False)
 
 
 def _bucket_arm(shared: Shared, long: dict, engine, lo: int, hi: int, seconds: float) -> ArmResult:
@@ -194,8 +199,10 @@ def backend(shared: Shared) -> LensResult:
         if other == "native" and not has_native_class(config):
             lens.notes.append(f"native: vLLM has no class for {', '.join(config.architectures or ['?'])}")
             continue
+        # the Session's engine_args without its hf_overrides (the lab's own options mean nothing elsewhere)
         extra = {k: v for k, v in session.settings.extra.items() if k != "hf_overrides"}
-        lens.arms.append(shared.child_judged(other, f"backend={other!r}", backend=other, extra=extra))
+        lens.arms.append(shared.child_judged(other, f"backend={other!r}", backend=other, extra=extra,
+                                             keep_extra=False))
     return finish(lens)
 
 
@@ -236,15 +243,12 @@ LENSES: dict[str, Callable] = {
 
 
 def _kl_between(a: list, b: list) -> float:
-    """Mean KL(a || b) over decode rows (row 0 of each continuation is the prefill's)."""
+    """Mean KL(a || b) over the rows of decode steps."""
     import torch
 
-    values = torch.cat([kl_per_position(x[1:].float(), y[1:].float()) for x, y in zip(a, b)])
+    values = torch.cat([kl_per_position(x.float(), y.float())
+                        for x, y in zip(decode_step_rows(a), decode_step_rows(b))])
     return float(values.mean()) if values.numel() else 0.0
-
-
-def time_now() -> float:
-    return time.perf_counter()
 
 
 __all__ = ["LENSES", "finish", "unavailable"]

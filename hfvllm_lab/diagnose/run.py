@@ -6,12 +6,13 @@ import time
 from typing import TYPE_CHECKING
 
 from hfvllm_lab.compare import beside_engine
-from hfvllm_lab.diagnose.context import Shared
+from hfvllm_lab.diagnose.context import Shared, arm_failure
 from hfvllm_lab.diagnose.corpus import long_token_ids
 from hfvllm_lab.diagnose.lenses import LENSES, long_context, unavailable
 from hfvllm_lab.errors import InputError
 from hfvllm_lab.paths.hf_scoring import HfScoreRequest, ScorePass, run_hf_scoring_where_possible
 from hfvllm_lab.results.diagnosis import Diagnosis
+from hfvllm_lab.rules import LENS_FAILED, LENS_UNAVAILABLE
 
 if TYPE_CHECKING:
     from hfvllm_lab.session import Session
@@ -80,11 +81,10 @@ def run_diagnosis(session: "Session", prompts: list[str], *, lenses=None, progre
                 lens = _long_lens(shared, tokenizer, long_tokens, isolated)
             else:
                 lens = LENSES[name](shared)
-        except Exception as exc:  # noqa: BLE001 - one lens failing is reported; the others still run
-            from hfvllm_lab.errors import first_line, root_cause
-
-            root = root_cause(exc)
-            lens = unavailable(name, "", f"failed: {type(root).__name__}: {first_line(root, 300)}")
+        except Exception as exc:  # noqa: BLE001 - one lens failing is reported (status failed); the others run
+            why = arm_failure(exc)
+            lens = unavailable(name, "", why)
+            lens.status = LENS_FAILED if why.startswith("failed") else LENS_UNAVAILABLE
         lens.seconds = time.perf_counter() - start
         result.lenses.append(lens)
     report(len(steps), "done")
@@ -104,16 +104,17 @@ def _long_lens(shared: Shared, tokenizer, long_tokens: int, isolated: bool):
     teacher = [ScorePass("float32", "teacher")]
     if session.dtype != "float32":
         teacher.append(ScorePass(session.dtype, "teacher"))
-    whole = run_hf_scoring_where_possible(HfScoreRequest(
-        session.model_dir, session.device, session.hf_attention, [ids], [1], tuple(teacher),
-        session.trust_remote_code), isolated)
+    whole_request = HfScoreRequest(session.model_dir, session.device, session.hf_attention, [ids], [1],
+                                   tuple(teacher), session.trust_remote_code)
+    whole, _ = beside_engine(session, lambda: run_hf_scoring_where_possible(whole_request, isolated))
     # continuation rows of prompt length 1 are rows 0..L-2: prepend nothing, they already start at row 0
     long = {"ids": ids, "truth": whole.outputs[teacher[0]][0], "floors": {}, "notes": notes}
     if session.dtype != "float32":
         long["floors"][f"transformers ({session.dtype}, teacher-forced)"] = whole.outputs[teacher[1]][0]
-        tail = run_hf_scoring_where_possible(HfScoreRequest(
-            session.model_dir, session.device, session.hf_attention, [ids], [length - LONG_DECODE_TOKENS],
-            (ScorePass(session.dtype, "decode"),), session.trust_remote_code), isolated)
+        tail_request = HfScoreRequest(session.model_dir, session.device, session.hf_attention, [ids],
+                                      [length - LONG_DECODE_TOKENS], (ScorePass(session.dtype, "decode"),),
+                                      session.trust_remote_code)
+        tail, _ = beside_engine(session, lambda: run_hf_scoring_where_possible(tail_request, isolated))
         long["floors"]["decode"] = tail.outputs[ScorePass(session.dtype, "decode")][0]
     return long_context(shared, long)
 

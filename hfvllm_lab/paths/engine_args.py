@@ -49,6 +49,7 @@ def merge_engine_args(own: dict[str, Any], extra: dict[str, Any], *, backend: st
             continue
         if key == "enforce_eager":
             _check_eager(bool(value), mode)
+            notes.append(f"enforce_eager={value!r} (what mode={mode!r} sets already)")
             continue
         if key == "logits_processors":  # the user's run beside the lab's decode probe
             kwargs[key] = [*kwargs.get(key, []), *value]

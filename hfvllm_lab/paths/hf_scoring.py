@@ -53,6 +53,11 @@ def continuation_rows(scores, prompt_length: int, length: int):
     return scores[prompt_length - 1: length - 1]
 
 
+def decode_step_rows(rows: list) -> list:
+    """Per sequence, the continuation rows produced by decode steps: row 0 came from the prefill."""
+    return [r[1:] for r in rows]
+
+
 def run_hf_scoring(req: HfScoreRequest) -> HfScoreResult:
     import time
 
@@ -90,12 +95,11 @@ def run_hf_scoring_where_possible(req: HfScoreRequest, isolated: bool) -> HfScor
     """In this process, or in a spawned child (clean transformers classes) when `isolated`."""
     if not isolated:
         return run_hf_scoring(req)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from hfvllm_lab.paths.spawn import run_spawned
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_hf_scoring, req).result()
+    return run_spawned(run_hf_scoring, req)
 
 
-__all__ = ["HfScoreRequest", "HfScoreResult", "MODES", "ScorePass", "continuation_rows", "run_hf_scoring",
+__all__ = ["HfScoreRequest", "HfScoreResult", "MODES", "ScorePass", "continuation_rows", "decode_step_rows",
+           "run_hf_scoring",
            "run_hf_scoring_where_possible"]

@@ -88,7 +88,8 @@ def run_hf_side(req: HfSideRequest) -> HfSideResult:
         if req.teacher_forcing:
             result.scores = path.score(result.sequences)
         if req.decode_sequences:
-            result.decode_reference = path.decode_along(req.decode_sequences, req.decode_prompt_lengths)
+            if req.dtype != "float32":  # the floor's decode; float32 is judged by the strict rule alone
+                result.decode_reference = path.decode_along(req.decode_sequences, req.decode_prompt_lengths)
             if not (req.float32_truth and req.dtype != "float32"):
                 result.decode_truth = _continuations(path, req)
     finally:
@@ -136,8 +137,6 @@ def transformers_patched_by_vllm(model_dir: Path, trust_remote_code: bool = Fals
 
 def run_hf_side_isolated(req: HfSideRequest) -> HfSideResult:
     """`run_hf_side` in a spawned child process (clean transformers classes, memory freed on exit)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from hfvllm_lab.paths.spawn import run_spawned
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_hf_side, req).result()
+    return run_spawned(run_hf_side, req)

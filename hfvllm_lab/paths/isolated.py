@@ -26,11 +26,9 @@ def run_isolated(settings: EngineSettings, job: Callable, *args, edits: bytes | 
     this process: closing one tears down the distributed groups the other uses). `job` is a module-level
     function; `edits` (`pickled_edits`) are applied to the child's model first; `env` is set in the child
     before its engine starts. Returns (what the job returned, notes on edits that could not be applied)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from hfvllm_lab.paths.spawn import run_spawned
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_on_fresh_engine, settings, job, args, edits, env).result()
+    return run_spawned(_on_fresh_engine, settings, job, args, edits, env)
 
 
 def pickled_edits(edits: list[Callable]) -> tuple[bytes | None, str]:
@@ -62,7 +60,8 @@ def apply_edits(path: VllmPath, edits: bytes) -> list[str]:
 def native_floor_settings(settings: EngineSettings, wanted: bool | None, notes: list[str],
                           role: str = "the path under test") -> EngineSettings | None:
     """Settings of a child engine running vLLM's native class as a noise floor (the Session's, with its
-    lab-specific engine arguments dropped), or None with the reason added to `notes`."""
+    engine arguments dropped but vLLM's own head_dtype, so the floor computes the head as the judged
+    engine does), or None with the reason added to `notes`."""
     from transformers import AutoConfig
 
     if wanted is False:
@@ -76,4 +75,6 @@ def native_floor_settings(settings: EngineSettings, wanted: bool | None, notes: 
         notes.append(f"vLLM has no native class for {', '.join(config.architectures or ['?'])}: "
                      "the floor is transformers' own rounding only")
         return None
-    return replace(settings, backend="native", tensor_parallel_size=1, extra={})
+    head = (settings.extra.get("hf_overrides") or {}) if isinstance(settings.extra.get("hf_overrides"), dict) else {}
+    extra = {"hf_overrides": {"head_dtype": head["head_dtype"]}} if "head_dtype" in head else {}
+    return replace(settings, backend="native", tensor_parallel_size=1, extra=extra)

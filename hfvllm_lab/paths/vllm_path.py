@@ -69,6 +69,10 @@ def choose_max_model_len(config, settings: EngineSettings, requested: int | None
         length = max(block, (length // 2) // block * block)
     if length == own:
         return length, f"auto: {source}"
+    if probe(length) > KV_SHARE * free_bytes:
+        return length, (f"auto: {source}, cut to one block ({length}): even then the KV cache of "
+                        f"{settings.max_num_seqs} sequences (~{probe(length) >> 20} MiB) is over {KV_SHARE:.0%} of "
+                        "free memory")
     return length, (f"auto: {source}, capped at {length} so the KV cache of {settings.max_num_seqs} sequences "
                     f"(~{probe(length) >> 20} MiB) stays under {KV_SHARE:.0%} of free memory")
 
@@ -297,7 +301,8 @@ class VllmPath:
         if len(scores) != len(sequences) or any(s.shape[0] < len(q) for s, q in zip(scores, sequences)):
             raise ProbeUnavailableError(
                 f"the engine's prefills did not cover the sequences ({[tuple(s.shape) for s in scores]} for "
-                f"lengths {[len(q) for q in sequences]}): chunked prefill split a sequence?"
+                f"lengths {[len(q) for q in sequences]}): a prompt served from the prefix cache, or a step that "
+                "held another sequence's tokens?"
             )
         return [s[: len(q)] for s, q in zip(scores, sequences)]
 

@@ -111,7 +111,10 @@ class LabDecodeProbe(_base_class()):
         return logits
 
     def take(self) -> dict[str, torch.Tensor]:
-        """Every key's captured steps as one [steps, vocab] tensor; forgets them."""
-        out = {key: capture.stacked() for key, capture in self.captures.items()}
+        """Every key's captured steps as one [steps, vocab] tensor; forgets them (also when a key's steps
+        are incomplete, which raises)."""
+        captures, self.captures = self.captures, {}
+        return {key: capture.stacked() for key, capture in captures.items()}
+
+    def reset(self) -> None:
         self.captures = {}
-        return out

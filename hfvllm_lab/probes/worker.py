@@ -209,7 +209,7 @@ class LabWorkerExtension:
         return self._lab_decode_probe().take()
 
     def lab_decode_reset(self) -> None:
-        self._lab_decode_probe().take()
+        self._lab_decode_probe().reset()
 
     def lab_set_logprobs_mode(self, mode: str) -> str:
         """Switch the live sampler's logprobs_mode (vLLM keeps a copy in its top-k/top-p sampler too);

@@ -6,14 +6,22 @@ from __future__ import annotations
 from html import escape
 
 from hfvllm_lab.render.format import fmt_opt, fmt_sci, text_table
-from hfvllm_lab.rules import LENS_CAUSE, LENS_REMEDY, LENS_UNAVAILABLE, NOISE_FACTOR, RATIO_BANDS
+from hfvllm_lab.rules import (
+    LENS_CAUSE,
+    LENS_EVERY_ARM,
+    LENS_FAILED,
+    LENS_REMEDY,
+    LENS_UNAVAILABLE,
+    NOISE_FACTOR,
+    RATIO_BANDS,
+)
 
 LENS_HEADERS = ["lens", "status", "base arm", "flip arm", "base x floor", "flip x floor", "flip KL mean",
                 f"flip out [{RATIO_BANDS[0][0]:g},{RATIO_BANDS[0][1]:g}]", "base tok/s", "flip tok/s", "seconds"]
 LENS_ALIGN = "llllrrrrrrr"
-ARM_HEADERS = ["arm", "verdict", "x floor", "KL mean", "KL p99", "floor KL mean", "top-1",
+ARM_HEADERS = ["arm", "verdict", "x floor", "KL mean", "KL p99", "floor KL mean", "top-1", "KL vs arm 0",
                *[f"out [{lo:g},{hi:g}]" for lo, hi in RATIO_BANDS], "tok/s", "setting"]
-ARM_ALIGN = "llrrrrr" + "r" * len(RATIO_BANDS) + "rl"
+ARM_ALIGN = "llrrrrrr" + "r" * len(RATIO_BANDS) + "rl"
 
 
 def _ratio(value) -> str:
@@ -39,22 +47,29 @@ def lens_rows(diagnosis) -> list[list[str]]:
 
 def arm_rows(lens) -> list[list[str]]:
     rows = []
-    for arm in lens.arms:
+    between = list(lens.kl_between) + [None] * (len(lens.arms) - len(lens.kl_between))
+    for arm, kl in zip(lens.arms, between):
         v, d = arm.verdict, arm.diff
         bands = [f"{arm.outside_bands[k]:.2%}" if k in arm.outside_bands else "-"
                  for k in (f"outside_{lo:g}_{hi:g}" for lo, hi in RATIO_BANDS)]
-        rows.append([arm.name, v.label if v else "did not run", _ratio(v.ratio if v else None),
+        rows.append([arm.name, v.label if v else "did not run", _ratio(arm.floor_ratio),
                      fmt_sci(d.kl_mean if d else None, 2), fmt_sci(d.kl_p99 if d else None, 2),
                      fmt_sci(arm.floor.kl_mean if arm.floor else None, 2),
-                     f"{d.top1_agreement:.1%}" if d else "-", *bands, _tok(arm.tokens_per_second), arm.setting])
+                     f"{d.top1_agreement:.1%}" if d else "-", fmt_sci(kl, 2), *bands, _tok(arm.tokens_per_second),
+                     arm.setting])
     return rows
 
 
 def heading(diagnosis) -> str:
     beyond = ", ".join(diagnosis.beyond) or "none"
-    remedies = ", ".join(diagnosis.remedies) or "none"
-    return (f"Diagnosis: {diagnosis.model} ({diagnosis.dtype}, {diagnosis.backend} backend): beyond noise: {beyond}; "
-            f"remedies: {remedies}")
+    line = f"Diagnosis: {diagnosis.model} ({diagnosis.dtype}, {diagnosis.backend} backend): beyond noise: {beyond}"
+    every = [name for name in diagnosis.mismatched if name not in diagnosis.beyond + diagnosis.remedies]
+    if every:
+        line += f"; beyond noise in every arm: {', '.join(every)}"
+    line += f"; remedies: {', '.join(diagnosis.remedies) or 'none'}"
+    if diagnosis.failed:
+        line += f"; FAILED: {', '.join(diagnosis.failed)}"
+    return line
 
 
 def summary_line(diagnosis) -> str:
@@ -83,7 +98,7 @@ def diagnosis_text(diagnosis) -> str:
 def _lens_badge(status: str):
     from hfvllm_lab.render.html import FAIL_BADGE, OK_BADGE, _badge
 
-    if status == LENS_CAUSE:
+    if status in (LENS_CAUSE, LENS_EVERY_ARM, LENS_FAILED):
         return _badge(status, "hvl-fail", FAIL_BADGE)
     if status == LENS_UNAVAILABLE:
         return _badge(status, "hvl-unavailable", "background:#eeeeee;color:#555")
@@ -113,30 +128,25 @@ def diagnosis_html(diagnosis) -> str:
 
 
 def plot_diagnosis(diagnosis, ax=None):
-    """Every arm's KL mean against the truth as a multiple of its floor (log axis), lens by lens, with
-    the noise line; arms that did not run are left out."""
+    """Every arm's distance to its verdict's limit (log axis; above 1 is beyond noise, or FAIL in
+    float32), lens by lens; arms that did not run are left out."""
     from hfvllm_lab.render.plots import _figure
 
     fig, ax = _figure(ax, (8, 0.35 * sum(len(lens.arms) for lens in diagnosis.lenses) + 1.2))
     labels, values, colors = [], [], []
     for lens in diagnosis.lenses:
-        base_floor = lens.arms[0].floor if lens.arms else None
         for arm in lens.arms:
-            if arm.verdict is None or arm.diff is None:
+            if arm.limit_ratio is None:
                 continue
-            # a float32 arm is judged by |dlogp| alone: drawn in units of the lens' baseline floor
-            floor = arm.floor or base_floor
-            ratio = arm.verdict.ratio if arm.verdict.ratio is not None else (
-                arm.diff.kl_mean / floor.kl_mean if floor is not None and floor.kl_mean else arm.diff.kl_mean)
             labels.append(f"{lens.name}: {arm.name}")
-            values.append(max(ratio, 1e-3))
+            values.append(max(arm.limit_ratio, 1e-3))
             colors.append("#1e88e5" if arm.ok else "#e53935")
     ax.barh(range(len(values)), values, color=colors)
     ax.set_yticks(range(len(values)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.axvline(NOISE_FACTOR, color="#b71c1c", linestyle="--", linewidth=1)
-    ax.set_xlabel(f"KL against the truth, x the noise floor (dashed: {NOISE_FACTOR:g}x)")
+    ax.axvline(1.0, color="#b71c1c", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"distance to the verdict's limit: KL x floor / {NOISE_FACTOR:g} (float32: max |dlogp| / 1e-3)")
     ax.set_title(heading(diagnosis), fontsize=8)
     return fig
 

@@ -241,8 +241,7 @@ TEACHER_ALIGN = "lllrrrrr"
 
 def teacher_rows(teacher) -> list[list[str]]:
     """The judged path and each noise floor, against the truth, one row each: prefill, then decode."""
-    parts = [("prefill", teacher.judged, teacher.floors),
-             ("decode", getattr(teacher, "decode_judged", None), getattr(teacher, "decode_floors", []))]
+    parts = [("prefill", teacher.judged, teacher.floors), ("decode", teacher.decode_judged, teacher.decode_floors)]
     rows = []
     for steps, judged, floors in parts:
         for role, d in [("judged", judged)] + [("floor", f) for f in floors]:
@@ -257,7 +256,7 @@ def teacher_heading(teacher) -> str:
     against = d.against if d is not None else "?"
     line = (f"teacher-forced: {len(teacher.sequences)} sequences (prompt + reference greedy continuation), "
             f"{d.positions if d is not None else 0} positions, full distributions against {against}")
-    decode = getattr(teacher, "decode_judged", None)
+    decode = teacher.decode_judged
     if decode is not None:
         line += (f"; decode: the engine's {len(teacher.decode_sequences)} greedy sequences, {decode.positions} "
                  "decode steps, against the truth teacher-forced on the same tokens")
@@ -266,7 +265,7 @@ def teacher_heading(teacher) -> str:
 
 def part_verdicts(teacher) -> str:
     """"prefill: within noise (0.96x); decode: beyond noise (5.2x)" where both were judged."""
-    parts = [("prefill", getattr(teacher, "prefill_verdict", None)), ("decode", getattr(teacher, "decode_verdict", None))]
+    parts = [("prefill", teacher.prefill_verdict), ("decode", teacher.decode_verdict)]
     shown = [f"{name}: {v.status}" + (f" ({v.ratio:.2g}x)" if v.ratio is not None else "") for name, v in parts if v]
     return "; ".join(shown) if len(shown) > 1 else ""
 

@@ -108,12 +108,8 @@ def plot_rollout(rollout, kind: str = "ratio", ax=None):
         for role, m, color in paths:
             if m is None:
                 continue
-            width = max(len(row) for row in m.log_ratios)
-            means = []
-            for j in range(width):
-                col = [abs(row[j]) for row in m.log_ratios if j < len(row)]
-                means.append(sum(col) / len(col))
-            ax.plot(range(width), means, color=color, label=f"{role}: {m.path}",
+            means = m.position_means
+            ax.plot(range(len(means)), means, color=color, label=f"{role}: {m.path}",
                     linestyle="-" if role == "judged" else "--")
         ax.set_xlabel("position in the continuation")
         ax.set_ylabel("mean |log-ratio|")

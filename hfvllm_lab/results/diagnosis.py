@@ -28,6 +28,28 @@ class ArmResult:
     def ok(self) -> bool:
         return self.verdict is not None and self.verdict.ok
 
+    @property
+    def floor_ratio(self) -> float | None:
+        """KL mean against the floor on the same positions (the verdict's ratio; for a float32 arm, which
+        is judged by |dlogp| alone, its KL over the floor it was shown beside)."""
+        if self.verdict is not None and self.verdict.ratio is not None:
+            return self.verdict.ratio
+        if self.diff is None or self.floor is None or not self.floor.kl_mean:
+            return None
+        return self.diff.kl_mean / self.floor.kl_mean
+
+    @property
+    def limit_ratio(self) -> float | None:
+        """The arm's measure over its verdict's limit (beyond noise, or FAIL, above 1): KL against the
+        floor over the noise factor in reduced precision; max |dlogp| over the float32 tolerance."""
+        from hfvllm_lab.rules import FLOAT32_LOGPROB_TOLERANCE, NOISE_FACTOR
+
+        if self.verdict is None or self.diff is None:
+            return None
+        if self.verdict.ratio is not None:
+            return self.verdict.ratio / NOISE_FACTOR
+        return self.diff.max_target_logprob_diff / FLOAT32_LOGPROB_TOLERANCE
+
 
 @dataclass
 class LensResult:
@@ -43,13 +65,14 @@ class LensResult:
     def row(self) -> dict[str, Any]:
         """The one-row summary: the worst flipped arm against the baseline."""
         base = self.arms[0] if self.arms else None
-        worst = max(self.arms[1:], key=lambda a: (a.verdict.ratio or 0.0) if a.verdict else 0.0, default=None)
+        worst = max(self.arms[1:], key=lambda a: (a.verdict is not None and not a.ok, a.floor_ratio or 0.0),
+                    default=None)
         out = dict(lens=self.name, status=self.status, factor=self.factor, seconds=round(self.seconds, 1))
         for role, arm in (("base", base), ("flip", worst)):
             out[f"{role}_arm"] = arm.name if arm else None
             out[f"{role}_kl_mean"] = arm.diff.kl_mean if arm and arm.diff else None
             out[f"{role}_kl_p99"] = arm.diff.kl_p99 if arm and arm.diff else None
-            out[f"{role}_ratio"] = arm.verdict.ratio if arm and arm.verdict else None
+            out[f"{role}_ratio"] = arm.floor_ratio if arm else None
             for band, share in (arm.outside_bands.items() if arm else ()):
                 out[f"{role}_{band}"] = share
             out[f"{role}_tok_s"] = arm.tokens_per_second if arm else None
@@ -81,6 +104,20 @@ class Diagnosis(Shown):
 
         return [lens.name for lens in self.lenses if lens.status == LENS_REMEDY]
 
+    @property
+    def mismatched(self) -> list[str]:
+        """Lenses where the engine is beyond noise in some arm: causes, remedies, and lenses beyond noise
+        in every arm (a mismatch this factor does not decide)."""
+        from hfvllm_lab.rules import LENS_MISMATCHED
+
+        return [lens.name for lens in self.lenses if lens.status in LENS_MISMATCHED]
+
+    @property
+    def failed(self) -> list[str]:
+        from hfvllm_lab.rules import LENS_FAILED
+
+        return [lens.name for lens in self.lenses if lens.status == LENS_FAILED]
+
     def lens(self, name: str) -> LensResult:
         for lens in self.lenses:
             if lens.name == name:
@@ -93,6 +130,7 @@ class Diagnosis(Shown):
     def to_dict(self) -> dict[str, Any]:
         return plain({"model": self.model, "dtype": self.dtype, "backend": self.backend, "sequences": self.sequences,
                       "positions": self.positions, "beyond": self.beyond, "remedies": self.remedies,
+                      "mismatched": self.mismatched, "failed": self.failed,
                       "lenses": self.lenses, "seconds": self.seconds, "settings": self.settings, "notes": self.notes})
 
     def plot(self, ax=None):

@@ -43,6 +43,16 @@ class MismatchMetrics:
         data.update(self.outside_bands)
         return data
 
+    @property
+    def position_means(self) -> list[float]:
+        """Mean |log-ratio| at each position of the continuation, over the sequences that reach it."""
+        width = max((len(row) for row in self.log_ratios), default=0)
+        means = []
+        for j in range(width):
+            col = [abs(row[j]) for row in self.log_ratios if j < len(row)]
+            means.append(sum(col) / len(col))
+        return means
+
 
 @dataclass(frozen=True)
 class RolloutSample:
@@ -93,12 +103,16 @@ class Rollout(Shown):
         return self.verdict is not None and self.verdict.ok
 
     def to_frame(self):
-        """One row per sampled token."""
+        """One row per sampled token: both logprobs, the log-ratio (trainer - rollout), the importance
+        ratio and |p_trainer - p_rollout|."""
+        import math
+
         rows = []
         for i, s in enumerate(self.samples):
             for j, (tok, r, t) in enumerate(zip(s.token_ids, s.rollout_logprobs, s.trainer_logprobs)):
                 rows.append(dict(sample=i, position=j, token=tok, rollout_logprob=r, trainer_logprob=t,
-                                 log_ratio=t - r))
+                                 log_ratio=t - r, ratio=math.exp(max(min(t - r, 20.0), -20.0)),
+                                 abs_prob_diff=abs(math.exp(t) - math.exp(r))))
         return frame(rows)
 
     def metrics_frame(self):
