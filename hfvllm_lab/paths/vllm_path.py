@@ -49,7 +49,11 @@ def kv_cache_bytes(config, settings: EngineSettings) -> int:
 
 # The KV cache a default max_model_len may take, as a share of the device's free memory.
 KV_SHARE = 0.05
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# The config keys vLLM derives a model's context length from: the smallest present wins, and
+# model_max_length, where given, decides (vLLM's derive_max_model_len_and_key). Rope scaling can only
+# raise vLLM's figure, so leaving it out keeps the default within what vLLM accepts.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                 "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
 
 
 def choose_max_model_len(config, settings: EngineSettings, requested: int | None, free_bytes: int) -> tuple[int, str]:
@@ -58,7 +62,9 @@ def choose_max_model_len(config, settings: EngineSettings, requested: int | None
     if requested is not None:
         return requested, "requested"
     text = config.get_text_config()
-    own = next((v for k in POSITION_KEYS if isinstance(v := getattr(text, k, None), int) and v > 0), None)
+    found = [v for k in POSITION_KEYS if isinstance(v := getattr(text, k, None), int) and v > 0]
+    override = getattr(text, "model_max_length", None)
+    own = override if isinstance(override, int) and override > 0 else min(found, default=None)
     if own is None:
         own, source = 2048, "the config names no context length; 2048"
     else:
