@@ -53,6 +53,11 @@ def memory_report(model: str, device: str, backend: str, before: MemoryFigure, b
     loaded = next((p.param_bytes for p in phases if p.phase == "loaded"), None)
     param_bytes = kv.param_bytes if loaded is None else max(loaded, kv.param_bytes)
     phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv.kv_cache_bytes, kv.process_bytes, kv.source))
+    quantized = build is not None and "quantization" in build.options
+    if quantized and eager and param_bytes:
+        note = (f"{note}; " if note else "") + (
+            f"quantized checkpoint: {param_bytes / 2**20:.1f} MiB of parameters loaded against {eager / 2**20:.1f} MiB "
+            f"for the same model dense in the engine's dtype (x{param_bytes / eager:.2f})")
     if kv.loadable_copy_bytes:
         note = (f"{note}; " if note else "") + (
             f"{kv.loadable_copy_bytes / 2**20:.1f} MiB of layer weights stay loadable beside the copies the device's "

@@ -14,6 +14,14 @@ def compare(args: argparse.Namespace) -> int:
 
     prompts = args.prompt or DEFAULT_PROMPTS
     print(f"hfvllm-lab compare: {args.model or 'embedded default (zoo: llama)'}", flush=True)
+    if args.reference:
+        with _open(args) as session:
+            print(f"{session!r}\n", flush=True)
+            result = session.compare(reference=args.reference)
+        print(repr(result))
+        _write(args, f"hfvllm_lab: {result.model} against {result.reference}", result,
+               [(result.plot(), "KL per position and drift per module")])
+        return 0
     with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend, mode=args.mode) as session:
         print(f"{session!r}\n", flush=True)
         cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect,
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bisect", action="store_true", help="also name the first module whose output differs")
     p.add_argument("--no-native-floor", action="store_true",
                    help="in reduced precision, skip vLLM native as a noise floor (transformers' own stays)")
+    p.add_argument("--reference", help="another checkpoint with the same tokenizer (the original of a quantized "
+                                       "model): both through one lens instead of transformers vs vLLM")
     p.add_argument("--html", help="write a self-contained HTML report here")
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=compare)

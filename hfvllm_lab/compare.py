@@ -153,6 +153,9 @@ def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, b
                                  decode)
     if decode is None:
         cmp.teacher.notes.append("decode steps not judged: no sequence reached a second token (max_tokens=1)")
+    if hf.quantization_note:  # the truth and the transformers floor are this emulation of the checkpoint
+        cmp.teacher.notes.append(f"quantized checkpoint: {hf.quantization_note}; the float32 truth runs the same "
+                                 "quantized weights, so the verdict judges the engine's kernels, not the quantization")
     if bisect:
         cmp.bisect = _bisect_from(session, prompts[0], vllm_out[0].prompt_token_ids, vllm_caps, hf, None)
     return cmp

@@ -29,6 +29,7 @@ TEXT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "teacher.TeacherForced", ""): ("text", "teacher_text"),
     (_R + "rollout.Rollout", ""): ("rollout", "rollout_text"),
     (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_text"),
+    (_R + "reference.ReferenceComparison", ""): ("reference", "reference_text"),
 }
 HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("html", "replacement_log_html"),
@@ -41,6 +42,7 @@ HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "teacher.TeacherForced", ""): ("html", "teacher_html"),
     (_R + "rollout.Rollout", ""): ("rollout", "rollout_html"),
     (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_html"),
+    (_R + "reference.ReferenceComparison", ""): ("reference", "reference_html"),
 }
 PLOT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("plots", "plot_replacement_counts"),
@@ -50,6 +52,7 @@ PLOT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "teacher.TeacherForced", ""): ("plots", "plot_teacher_forced"),
     (_R + "rollout.Rollout", ""): ("rollout", "plot_rollout"),
     (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "plot_diagnosis"),
+    (_R + "reference.ReferenceComparison", ""): ("reference", "plot_reference"),
 }
 
 

@@ -376,11 +376,18 @@ class Session:
 
     def compare(self, prompts=None, max_tokens: int = 16, *, bisect: bool = False, against: str = "hf",
                 hf_attention: str | None = None, residency: str = "auto", native_floor: bool | None = None,
-                profile: bool = True) -> Comparison:
+                profile: bool = True, reference=None):
         """The HF-native path (or, with against="vllm", a second vLLM run) against this engine:
         free-running greedy tokens, teacher-forced distributions against transformers in float32,
-        and in reduced precision a verdict relative to the measured noise floor."""
+        and in reduced precision a verdict relative to the measured noise floor (a `Comparison`).
+        With `reference` (a checkpoint with the same tokenizer: the original of a quantized model, the
+        base of a fine-tune) the two models through one lens instead (`results.reference.ReferenceComparison`)."""
         from hfvllm_lab.compare import run_comparison
+
+        if reference is not None:
+            from hfvllm_lab.reference import run_reference
+
+            return run_reference(self, reference)
 
         prompts = check_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
         check_max_tokens(max_tokens)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hfvllm_lab.backend.quant import describe as describe_quant
+from hfvllm_lab.backend.quant import register_packed
 from hfvllm_lab.backend.records import FUSED, LINEAR, ReplacementRecord
 from hfvllm_lab.backend.samples import call_attention, cpu_copy, float32_samples, looks_like_rotary, probe_attention
 from hfvllm_lab.vocab import NOT_FUSED
@@ -344,6 +346,7 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
         return
     child = "qkv_proj" if not hasattr(module, "qkv_proj") else "lab_qkv_proj"
     fused_name = f"{name}.{child}"
+    register_packed(ctx.quant_config, child, [members[r] for r in "qkv"])
     layer = QKVParallelLinear(lins[0].in_features, maths.head_size, maths.num_heads, maths.num_kv_heads,
                               bias=lins[0].bias is not None, quant_config=ctx.quant_config,
                               prefix=f"{vllm_prefix}.{fused_name}", return_bias=False)
@@ -358,7 +361,7 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
         start, stop = bounds[role]
         setattr(module, child_name, FusedSlice(shared, index, start, stop, fused_name, old.in_features,
                                                old.out_features))
-        for p in ("weight", "bias") if old.bias is not None else ("weight",):
+        for p in loadable_names(layer):
             plan.shards[f"{vllm_prefix}.{name}.{child_name}.{p}"] = (f"{vllm_prefix}.{fused_name}.{p}", role)
     plan.handled |= {fused_name, *full}
     plan.records[fused_name] = ReplacementRecord(
@@ -366,7 +369,7 @@ def _fuse_qkv(name, module, rotary, ctx, tp_style, plan: FusionPlan, vllm_prefix
         (sum(l.out_features for l in lins), lins[0].in_features),
         sum(l.weight.numel() + (l.bias.numel() if l.bias is not None else 0) for l in lins),
         f"q/k/v take one input (checked on a sample): {maths.num_heads} q + {maths.num_kv_heads} kv heads of "
-        f"{maths.head_size}; HF forward runs, its q/k/v are slices{note}",
+        f"{maths.head_size}; HF forward runs, its q/k/v are slices{note}{_quant_note(layer)}",
         fused_from=tuple(full),
     )
 
@@ -394,6 +397,8 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
     inter = gate.out_features // 2 if up is None else gate.out_features
     child = "gate_up_proj"
     fused_name = f"{name}.{child}"
+    if up is not None:
+        register_packed(ctx.quant_config, child, [maths.gate, maths.up])
     layer = MergedColumnParallelLinear(gate.in_features, [inter, inter], bias=gate.bias is not None,
                                        quant_config=ctx.quant_config, prefix=f"{vllm_prefix}.{fused_name}",
                                        return_bias=False)
@@ -403,10 +408,10 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
     setattr(parent, attr, new)
     if up is not None:
         for shard, src in enumerate((maths.gate, maths.up)):
-            for p in ("weight", "bias") if gate.bias is not None else ("weight",):
+            for p in loadable_names(layer):
                 plan.shards[f"{vllm_prefix}.{name}.{src}.{p}"] = (f"{vllm_prefix}.{fused_name}.{p}", shard)
     elif maths.gate != child:
-        for p in ("weight", "bias") if gate.bias is not None else ("weight",):
+        for p in loadable_names(layer):
             plan.shards[f"{vllm_prefix}.{name}.{maths.gate}.{p}"] = (f"{vllm_prefix}.{fused_name}.{p}", None)
     plan.handled |= {fused_name, *sources}
     act = type(new.act_fn).__name__
@@ -414,9 +419,20 @@ def _fuse_mlp(model, name, module, ctx, tp_style, plan: FusionPlan, vllm_prefix,
         fused_name, LINEAR, FUSED, "Linear", type(layer).__name__, (2 * inter, gate.in_features),
         sum(l.weight.numel() + (l.bias.numel() if l.bias is not None else 0) for l in ([gate, up] if up else [gate])),
         f"{type(module).__name__} computes down({maths.activation}(gate(x)) * up(x)) (checked on a sample): "
-        f"gate/up in one matmul, then vLLM's {act}",
+        f"gate/up in one matmul, then vLLM's {act}{_quant_note(layer)}",
         fused_from=tuple(sources),
     )
+
+
+def _quant_note(layer: nn.Module) -> str:
+    text = describe_quant(layer)
+    return f"; {text}" if text else ""
+
+
+def loadable_names(layer: nn.Module) -> list[str]:
+    """The parameters a fused layer loads per shard: weight and bias, and under a quantization the
+    scheme's own (weight_scale, weight_packed, weight_shape, input_scale, ...), as its method made them."""
+    return [n for n, _ in layer.named_parameters(recurse=False)]
 
 
 # -- loading ------------------------------------------------------------------------------------

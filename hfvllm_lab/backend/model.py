@@ -18,6 +18,7 @@ from hfvllm_lab.backend.attention import (
     register_attention_function,
 )
 from hfvllm_lab.backend.meta import buffer_bytes, materialize, parameter_bytes, parameters_on_meta
+from hfvllm_lab.backend.quant import RootMapper
 from hfvllm_lab.backend.reload import WeightStash, updates_setting
 from hfvllm_lab.backend.records import (
     ATTENTION,
@@ -348,6 +349,11 @@ def check_supported(cls: type) -> None:
 class LabForCausalLM(nn.Module):
     """Runs any HF causal LM inside vLLM: meta-built, vLLM layers swapped in, paged attention."""
 
+    # vLLM's loader maps a quantization config's layer names onto the lab's modules with this
+    # (checkpoint `model.layers.0...` -> `hf.model.layers.0...`); fused layers register their members
+    # in the config's packed_modules_mapping as they are built (backend/quant.py).
+    hf_to_vllm_mapper = RootMapper()
+
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__()
         from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -374,6 +380,9 @@ class LabForCausalLM(nn.Module):
             tensor_parallel_size=self.tp_size,
         )
         self.lab_report = report
+        if vllm_config.quant_config is not None:
+            report.options["quantization"] = (f"{vllm_config.quant_config.get_name()} (the checkpoint's "
+                                              "quantization_config): each Linear's scheme and kernel in its record")
 
         def phase(name: str, module: nn.Module | None) -> None:
             real, meta = parameter_bytes(module) if module is not None else (0, 0)

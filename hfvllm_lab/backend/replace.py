@@ -18,6 +18,7 @@ from hfvllm_lab.backend.norms import (
     vllm_cpu_kernel,
 )
 from hfvllm_lab.backend.meta import parameter_count
+from hfvllm_lab.backend.quant import describe as describe_quant
 from hfvllm_lab.backend.records import (
     EMBEDDING,
     EXPERTS,
@@ -162,8 +163,8 @@ def replace_modules(
             if type(child) is nn.Linear:
                 style = tp_style(name.removeprefix(base_prefix + "."), ctx)
                 new = build_vllm_linear(child, style, ctx, f"{vllm_prefix}.{name}")
-                records.append(_record(name, LINEAR, REPLACED, child, new,
-                                       reason=fusion.not_fused.get(name, "") if fusion is not None else ""))
+                reasons = [fusion.not_fused.get(name, "") if fusion is not None else "", describe_quant(new)]
+                records.append(_record(name, LINEAR, REPLACED, child, new, reason="; ".join(r for r in reasons if r)))
             elif isinstance(child, nn.Linear):
                 records.append(_record(name, LINEAR, KEPT, child, reason="subclass of nn.Linear with its own forward"))
             elif isinstance(child, nn.Embedding):

@@ -119,6 +119,22 @@ class HfPath:
             prompt_logprobs=prompt_lps,
         )
 
+    def quantization_note(self) -> str:
+        """How transformers ran a quantized checkpoint (after a forward): '' for a dense one."""
+        for name, module in self.model.named_modules():
+            scheme = getattr(module, "quantization_scheme", None)
+            weight = getattr(module, "weight", None)
+            if scheme is None or weight is None:
+                continue
+            if weight.dtype.is_floating_point and weight.element_size() >= 2:
+                held = f"decompresses the weights to dense {str(weight.dtype).removeprefix('torch.')}"
+            else:
+                held = f"keeps {str(weight.dtype).removeprefix('torch.')} weights"
+            acts = ("fake-quantizes the activations (quantize then dequantize, no quantized kernel)"
+                    if getattr(scheme, "input_activations", None) is not None else "runs bf16/float activations")
+            return f"transformers {held} and {acts} (e.g. {name})"
+        return ""
+
     def close(self) -> None:
         self.model = None
         gc.collect()

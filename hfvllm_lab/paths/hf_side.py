@@ -56,6 +56,7 @@ class HfSideResult:
     float32_captures: dict[str, Any] | None = None
     decode_truth: list[Any] | None = None  # per decode sequence, continuation rows teacher-forced (truth dtype)
     decode_reference: list[Any] | None = None  # the same rows decoded by transformers in the session's dtype
+    quantization_note: str = ""  # how transformers ran a quantized checkpoint
 
 
 def run_hf_side(req: HfSideRequest) -> HfSideResult:
@@ -81,6 +82,7 @@ def run_hf_side(req: HfSideRequest) -> HfSideResult:
             memory_bytes=loaded.bytes - before.bytes,
             memory_source=f"{loaded.source} delta",
             sequences=[g.prompt_token_ids + g.token_ids for g in generations],
+            quantization_note=path.quantization_note(),
         )
         if req.capture_prompt is not None:
             result.capture_ids = path.encode(req.capture_prompt)

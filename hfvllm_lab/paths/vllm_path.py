@@ -140,9 +140,10 @@ def engine_kwargs(settings: EngineSettings) -> MergedArgs:
 
 
 def preflight(settings: EngineSettings):
-    """Everything that can be refused without building an engine: the config loads, the lab
-    backend can build the architecture, tensor parallelism fits the heads, the device's attention
-    runs the head size. Returns the config. Called before an older Session is closed."""
+    """Everything that can be refused without building an engine: the config loads, the device has
+    kernels for its quantization, the lab backend can build the architecture, tensor parallelism fits
+    the heads, the device's attention runs the head size. Returns the config. Called before an older
+    Session is closed."""
     from transformers import AutoConfig
 
     try:
@@ -150,6 +151,9 @@ def preflight(settings: EngineSettings):
     except Exception as exc:
         raise UnsupportedModelError(f"{settings.model_dir}: transformers cannot read its config: {exc}") from exc
     _check_vllm_reads_config(settings)
+    from hfvllm_lab.backend.quant import check_quantization
+
+    check_quantization(settings.model_dir, config, "auto", settings.device, settings.trust_remote_code)
     text = config.get_text_config()
     if settings.backend == "lab":
         from hfvllm_lab.backend.attention import check_tensor_parallel

