@@ -52,11 +52,13 @@ test: $(STAMP) browser
 
 # Tokens/s of HF, vLLM native, vLLM's Transformers backend and the lab, eager and compiled, on the
 # zoo's 58M Llama and SmolLM2-135M (bf16); start-up and probe overhead. BENCH_ARGS=--quick shrinks it.
-# Then SmolLM2's quantized variants against bf16: decode speed and parameter bytes, lab and native.
+# Then SmolLM2's quantized variants against bf16: decode speed and parameter bytes, lab and native;
+# then a hybrid (falcon_h1, stateful Mamba mixers) lab against native.
 bench: $(STAMP)
 	mkdir -p build
 	$(PY) bench/speed.py --json build/bench.json $(BENCH_ARGS)
 	$(PY) bench/quantized.py
+	$(PY) bench/hybrid.py
 
 # JupyterLab on the project's environment: registers .venv as the kernel "$(KERNEL)" (for any Jupyter
 # on this machine) and starts JupyterLab from .venv in notebooks/.

@@ -11,6 +11,7 @@ from hfvllm_lab.results.comparison import BisectResult, ModuleDiff, PromptCompar
 from hfvllm_lab.results.generation import Generation
 from hfvllm_lab.results.memory import MemoryPhase, MemoryReport
 from hfvllm_lab.results.replacements import ModuleNode, ReplacementLog
+from hfvllm_lab.vocab import STATE_BACKEND
 
 BACKEND_LABELS = {
     "lab": "hfvllm_lab backend",
@@ -52,7 +53,13 @@ def memory_report(model: str, device: str, backend: str, before: MemoryFigure, b
     # Parameter; the parameters are still there, so carry the loaded figure forward.
     loaded = next((p.param_bytes for p in phases if p.phase == "loaded"), None)
     param_bytes = kv.param_bytes if loaded is None else max(loaded, kv.param_bytes)
-    phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv.kv_cache_bytes, kv.process_bytes, kv.source))
+    phases.append(MemoryPhase("kv_cache", param_bytes, 0, kv.kv_cache_bytes, kv.process_bytes, kv.source,
+                              state_cache_bytes=kv.state_cache_bytes or None))
+    if kv.state_modules:
+        note = (f"{note}; " if note else "") + (
+            f"state cache: {kv.state_modules} stateful modules keep {kv.state_bytes_per_request / 1024:.1f} KiB per "
+            f"request; their state views span {kv.state_cache_bytes / 2**20:.1f} MiB of vLLM's cache pool, which its "
+            "hybrid allocator shares between attention KV blocks and state slots")
     quantized = build is not None and "quantization" in build.options
     if quantized and eager and param_bytes:
         note = (f"{note}; " if note else "") + (
@@ -70,7 +77,9 @@ def attention_report(path: str, selected: str, counts: AttentionCountsPayload, r
     rows = []
     for layer in counts.layers:
         per_impl = layer.counts
-        expected = layer.backend if selected == "vllm" or path == "hf" else selected
+        # a stateful module runs its HF code with its state in vLLM's state cache whatever attention is chosen
+        stateful = layer.backend == STATE_BACKEND
+        expected = layer.backend if selected == "vllm" or path == "hf" or stateful else selected
         ran = per_impl.get(expected, 0)
         others = {k: v for k, v in per_impl.items() if k != expected and v}
         rows.append(AttentionLayerRow(

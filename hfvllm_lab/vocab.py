@@ -10,6 +10,9 @@ LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
     "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
 )
 EXPERTS = "experts"  # a packed MoE experts module (transformers 5: experts.gate_up_proj / down_proj)
+STATE = "state"  # a module keeping state between tokens outside attention (Mamba mixer, delta-net, short conv)
+# How the attention view names what serves a stateful module: its HF code, its state in vLLM's state cache.
+STATE_BACKEND = "HF+STATE_SLOT"
 
 # What happened to a candidate (a ReplacementRecord's `action`), in display order.
 REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"

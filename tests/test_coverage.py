@@ -109,6 +109,47 @@ def test_no_parameter_is_left_constant(model_type, was_constant):
     assert not constant
 
 
+def test_hybrid_and_recurrent_configs_are_consistent():
+    """Rules that made SKIP types runnable: Granite 4.0-H gets an attention layer, Mamba-2 heads fill
+    expand x hidden, Zamba's shared attention stays 2 x hidden wide, xLSTM's q/k heads are 32 wide."""
+    granite = built_config("granitemoehybrid")
+    assert granite.layers_block_type == ["linear_attention", "full_attention"]
+    zamba2 = built_config("zamba2")
+    assert zamba2.n_mamba_heads * zamba2.mamba_headdim == zamba2.mamba_expand * zamba2.hidden_size
+    assert zamba2.attention_hidden_size == 2 * zamba2.hidden_size
+    xlstm = built_config("xlstm")
+    assert xlstm.qk_head_dim == xlstm.v_head_dim == 32
+    hrm = built_config("hrm_text")
+    assert hrm.num_hidden_layers == hrm.num_layers_per_stack * hrm.H_cycles * (hrm.L_cycles + 1)
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "granitemoehybrid", "openai-gpt"])
+def test_reference_runs_attention_free_and_cacheless_models(model_type):
+    """mamba's state is `cache_params`, openai-gpt returns none (its steps rerun the sequence): the
+    coverage's transformers reference decodes both, with the state agreeing with a full rerun."""
+    from hfvllm_lab.coverage.child import PROMPTS, StateAdapter, decoding_state, hf_reference
+    from hfvllm_lab.paths.hf_path import HfPath
+
+    directory = shrink.shrunk_path(model_type)
+    reference = hf_reference(directory)
+    assert [len(g.token_ids) for g in reference] == [8, 8]
+    path = HfPath(directory, "cpu", "float32", "eager")
+    path.model = StateAdapter(path.model, None)  # no state: every step reruns the whole sequence
+    rerun = path.generate(PROMPTS, 8)
+    for ref, full in zip(reference, rerun):
+        assert ref.token_ids == full.token_ids
+        assert max(abs(ref.top_logprobs[i][t] - full.top_logprobs[i][t]) for i, t in enumerate(ref.token_ids)) < 1e-4
+    assert decoding_state(path.model.model) == {"mamba": "cache_params", "granitemoehybrid": "past_key_values",
+                                                "openai-gpt": None}[model_type]
+
+
+def test_reference_refuses_bidirectional_models():
+    from hfvllm_lab.coverage.child import hf_reference
+
+    with pytest.raises(shrink.CannotShrinkError, match="not a causal LM"):
+        hf_reference(shrink.shrunk_path("xlm"))
+
+
 def test_report_views():
     report = CoverageReport(rows=[
         CoverageRow("llama", "LlamaForCausalLM", "lab", PASS, "", 1.0),
@@ -128,7 +169,7 @@ def test_report_views():
 
 def test_runner_end_to_end_on_the_lab_path(tmp_path):
     """llama passes; gemma4_text (head size per layer: config.head_dim is not even readable) passes;
-    llama4_text (chunked attention) is refused by the lab with its reason."""
+    llama4_text (chunked local attention on its rope layers, vLLM's ChunkedLocalAttention) passes."""
     from hfvllm_lab.coverage.runner import run_coverage
 
     report = run_coverage(["llama", "gemma4_text", "llama4_text"], timeout=120, progress=False, log_dir=tmp_path)
@@ -136,8 +177,7 @@ def test_runner_end_to_end_on_the_lab_path(tmp_path):
     assert report.paths == ("lab",) and not report.not_run
     assert lab["llama"].verdict == PASS, lab["llama"]
     assert lab["gemma4_text"].verdict == PASS, lab["gemma4_text"]
-    assert lab["llama4_text"].verdict == REFUSED, lab["llama4_text"]
-    assert "chunked attention" in lab["llama4_text"].reason
+    assert lab["llama4_text"].verdict == PASS, lab["llama4_text"]
 
 
 def test_runner_passes_the_architectures_fixed_for_coverage(tmp_path):

@@ -64,12 +64,16 @@ def lab_attention_forward(
         out = hf_attention(module, query, key, value, attn.lab_override, scaling, sliding_window, softcap, **extra)
         attn.lab_counts[attn.lab_override] = attn.lab_counts.get(attn.lab_override, 0) + 1
         return out, None
+    v_size, size = value.shape[-1], attn.lab_spec.head_size
+    if v_size != size:  # MLA: zero value columns add nothing to any output column; cut them off below
+        value = nn.functional.pad(value, (0, size - v_size))
     q, k, v = (x.transpose(1, 2).reshape(tokens, -1) for x in (query, key, value))
     out = attn(q, k, v)
     attn.lab_counts[attn.lab_backend] = attn.lab_counts.get(attn.lab_backend, 0) + 1
     # transformers' attention functions return [batch, tokens, heads, head size]; callers reshape
     # from that (GPT-2 flattens the last two axes, most flatten after `input_shape`)
-    return out.view(1, tokens, query.shape[1], value.shape[-1]), None
+    out = out.view(1, tokens, query.shape[1], size)
+    return (out if v_size == size else out[..., :v_size].contiguous()), None
 
 
 def hf_attention(module, query, key, value, mode: str, scaling, sliding_window, softcap, **extra) -> torch.Tensor:
@@ -99,7 +103,7 @@ def _check_agrees(module, attn, query, key, value, scaling, sliding_window, soft
     problems = []
     spec = attn.lab_spec
     got = (query.shape[1], key.shape[1], query.shape[-1], key.shape[-1], value.shape[-1])
-    want = (spec.num_heads, spec.num_kv_heads, spec.head_size, spec.head_size, spec.head_size)
+    want = (spec.num_heads, spec.num_kv_heads, spec.head_size, spec.head_size, spec.value_head_size or spec.head_size)
     if got != want:
         problems.append(f"heads/kv heads/q, k, v head sizes {got} vs {want}")
     if scaling is not None and abs(float(scaling) - attn.lab_spec.scale) > 1e-6 * abs(float(scaling)):
@@ -132,8 +136,10 @@ def dispatches_through_interface(cls: type) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source
 
 
-def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple[str, nn.Module]]:
-    """layer index -> (qualified name, module) for every module that dispatches attention."""
+def find_attention_modules(model: nn.Module, num_layers: int,
+                           stateful: frozenset[int] = frozenset()) -> dict[int, tuple[str, nn.Module]]:
+    """layer index -> (qualified name, module) for every module that dispatches attention; a layer
+    without one must hold a stateful module (`stateful`: its layer indices, backend/state.py)."""
     found: dict[int, tuple[str, nn.Module]] = {}
     for name, module in model.named_modules():
         if not dispatches_through_interface(type(module)):
@@ -147,7 +153,7 @@ def find_attention_modules(model: nn.Module, num_layers: int) -> dict[int, tuple
                 "one vLLM Attention cannot serve both"
             )
         found[idx] = (name, module)
-    missing = [i for i in range(num_layers) if i not in found]
+    missing = [i for i in range(num_layers) if i not in found and i not in stateful]
     if missing:
         raise UnsupportedModelError(
             f"decoder layers {missing} do not dispatch attention through transformers' attention "
@@ -225,18 +231,31 @@ def _known(passed: dict, key: str):
 
 
 def head_geometry(config) -> tuple[int, int, int]:
-    """(query heads, KV heads, head size) of a text config: `head_dim` wins over hidden/heads."""
+    """(query heads, KV heads, head size) of a text config. The head size is the query/key head size,
+    the one vLLM's Attention is built with and caches keys and (zero-padded) values at: MLA's
+    `qk_nope_head_dim + qk_rope_head_dim` (its `head_dim` is the rope part), else `head_dim`, else
+    hidden/heads."""
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    nope, rope = getattr(config, "qk_nope_head_dim", None), getattr(config, "qk_rope_head_dim", None)
+    if isinstance(nope, int) and isinstance(rope, int):
+        return heads, kv_heads, nope + rope
     return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
 def layer_geometries(config) -> list[tuple[int, int, int]]:
     """`head_geometry` of every decoder layer: configs whose geometry varies per layer (Gemma-4's
     `per_layer_config`) refuse the global attributes, so read each layer's own."""
+    if getattr(config, "num_attention_heads", None) is None and getattr(config, "per_layer_config", None) is None:
+        return []  # attention-free (Mamba): no KV heads anywhere; its state is sized by backend/state.py
     per_layer = getattr(config, "per_layer_config", None)
     if per_layer is not None:
-        return [head_geometry(per_layer[i]) for i in range(config.num_hidden_layers)]
+        try:
+            return [head_geometry(per_layer[i]) for i in range(config.num_hidden_layers)]
+        except AttributeError:
+            if getattr(config, "num_attention_heads", None) is None:
+                return []  # attention-free, with a per-layer config view that has no heads either
+            raise
     return [head_geometry(config)] * config.num_hidden_layers
 
 
@@ -266,11 +285,11 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
     if kv_heads is None:
         kv_heads = heads // groups if groups else cfg_kv_heads
     head_size = _module_int(module, "qk_head_dim", "head_dim", "head_size") or config_head_size
-    v_head = _module_int(module, "v_head_dim")
-    if v_head is not None and v_head != head_size:
+    v_head = _module_int(module, "v_head_dim") or head_size
+    if v_head > head_size:
         raise UnsupportedModelError(
-            f"{name} ({type(module).__name__}): value head size {v_head} differs from the query/key head size "
-            f"{head_size}; vLLM's Attention takes one head size"
+            f"{name} ({type(module).__name__}): value head size {v_head} exceeds the query/key head size "
+            f"{head_size}; vLLM's CPU attention takes one head size and the lab zero-pads only smaller values"
         )
     passed = passed_attention_kwargs(module)
     if passed.get("is_causal") is False or getattr(module, "is_causal", True) is False:
@@ -308,6 +327,13 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
             )
         if sinks is not None and tp_size > 1:
             raise UnsupportedModelError(f"{name}: attention sinks are not split per tensor-parallel rank by the lab")
+    chunk = getattr(config, "attention_chunk_size", None) if _layer_type(config, idx) == "chunked_attention" else None
+    if chunk and (window or softcap or sinks):
+        raise UnsupportedModelError(
+            f"{name}: chunked local attention together with a sliding window, soft-cap or sinks is not built by "
+            "vLLM's ChunkedLocalAttention"
+        )
+    check_position_scaled_queries(name, module)
     check_tensor_parallel(config, tp_size)
     if tp_size > 1 and not all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj")):
         raise UnsupportedModelError(
@@ -326,7 +352,45 @@ def attention_spec(name: str, module: nn.Module, config, idx: int, tp_size: int,
         sliding_window=window or None,
         logits_soft_cap=softcap or None,
         sinks=sinks,
+        value_head_size=int(v_head),
+        attention_chunk_size=chunk or None,
     )
+
+
+def check_position_scaled_queries(name: str, module: nn.Module) -> None:
+    """Llama-4's no-rope layers scale the queries by log1p(floor((p + 1) / floor_scale)) * attn_scale + 1
+    with p counted from 0 in each forward (HF's cache length): in vLLM's flattened steps (use_cache off)
+    that p is not the token's position, so refuse unless every position and every step's token count
+    stays below floor_scale - 1, where the factor is exactly 1 either way."""
+    if not getattr(module, "attn_temperature_tuning", False) or getattr(module, "use_rope", True):
+        return
+    from vllm.config import get_current_vllm_config_or_none
+
+    vllm_config = get_current_vllm_config_or_none()
+    if vllm_config is None or vllm_config.model_config is None:
+        return  # not building an engine: nothing runs
+    floor_scale = getattr(module, "floor_scale", None)
+    sched = vllm_config.scheduler_config
+    longest = max(vllm_config.model_config.max_model_len,
+                  min(sched.max_num_batched_tokens, sched.max_num_seqs * vllm_config.model_config.max_model_len))
+    if not isinstance(floor_scale, (int, float)) or longest + 1 > floor_scale:
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}) scales its queries by position (attn_temperature_tuning, floor_scale "
+            f"{floor_scale}) with positions counted from 0 in each HF forward, which are not the tokens' positions "
+            f"in vLLM's flattened steps; exact only while max_model_len and the tokens of a step stay below "
+            f"floor_scale - 1 (here up to {longest})"
+        )
+
+
+def layer_notes(spec: AttentionLayerSpec) -> str:
+    """What the replacement log adds to a routed attention record: value padding, chunking."""
+    notes = ""
+    if spec.attention_chunk_size:
+        notes += f", chunked local attention (chunks of {spec.attention_chunk_size})"
+    if spec.padded_values:
+        v, d = spec.value_head_size, spec.head_size
+        notes += f"; values zero-padded from {v} to {d} (+{(d - v) / (d + v):.0%} KV bytes)"
+    return notes
 
 
 def calls_known(module: nn.Module) -> bool:
@@ -337,18 +401,32 @@ def calls_known(module: nn.Module) -> bool:
 def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -> nn.Module:
     from vllm.model_executor.layers.attention import Attention
 
-    attn = Attention(
-        num_heads=spec.num_heads,
-        head_size=spec.head_size,
-        scale=spec.scale,
-        num_kv_heads=spec.num_kv_heads,
-        cache_config=cache_config,
-        quant_config=quant_config,
-        logits_soft_cap=spec.logits_soft_cap,
-        per_layer_sliding_window=spec.sliding_window,
-        prefix=spec.vllm_prefix,
-        **({"sinks": torch.empty(spec.num_heads, device="meta")} if spec.sinks else {}),
-    )
+    if spec.attention_chunk_size:
+        from vllm.model_executor.layers.attention.chunked_local_attention import ChunkedLocalAttention
+
+        block = getattr(cache_config, "block_size", None)
+        if block and spec.attention_chunk_size % block:
+            raise UnsupportedModelError(
+                f"{spec.module}: vLLM's chunked local attention splits sequences into chunks of whole KV blocks; "
+                f"attention_chunk_size {spec.attention_chunk_size} is not a multiple of the block size {block}"
+            )
+
+        attn = ChunkedLocalAttention(num_heads=spec.num_heads, head_size=spec.head_size, scale=spec.scale,
+                                     attention_chunk_size=spec.attention_chunk_size, num_kv_heads=spec.num_kv_heads,
+                                     cache_config=cache_config, quant_config=quant_config, prefix=spec.vllm_prefix)
+    else:
+        attn = Attention(
+            num_heads=spec.num_heads,
+            head_size=spec.head_size,
+            scale=spec.scale,
+            num_kv_heads=spec.num_kv_heads,
+            cache_config=cache_config,
+            quant_config=quant_config,
+            logits_soft_cap=spec.logits_soft_cap,
+            per_layer_sliding_window=spec.sliding_window,
+            prefix=spec.vllm_prefix,
+            **({"sinks": torch.empty(spec.num_heads, device="meta")} if spec.sinks else {}),
+        )
     built_window = getattr(attn, "sliding_window", spec.sliding_window)
     if (built_window or None) != spec.sliding_window:
         # vLLM falls back to a model-wide window when a layer passes none; a full-attention
@@ -356,9 +434,32 @@ def build_vllm_attention(spec: AttentionLayerSpec, cache_config, quant_config) -
         raise UnsupportedModelError(
             f"{spec.module}: vLLM built a sliding window of {built_window}, the model asks for {spec.sliding_window}"
         )
+    _check_block_size(attn, spec, cache_config)
     attn.lab_spec = spec
     attn.lab_backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vllm"
     attn.lab_counts = {}  # implementation -> calls; read and reset by the attention probe
     attn.lab_override = None  # "sdpa" / "eager" while HF attention runs inside the vLLM path
     attn.lab_checked = False
     return attn
+
+
+def _check_block_size(attn: nn.Module, spec: AttentionLayerSpec, cache_config) -> None:
+    """Refuse here, with the reason, a KV block size the layer's attention backend does not run (vLLM
+    itself would only fail later, while sizing the KV cache)."""
+    backend, block = getattr(attn, "attn_backend", None), getattr(cache_config, "block_size", None)
+    if backend is None or block is None or backend.supports_block_size(block):
+        return
+    from vllm.config import get_current_vllm_config_or_none
+
+    vllm_config = get_current_vllm_config_or_none()
+    model_config = vllm_config.model_config if vllm_config is not None else None
+    why = ""
+    if model_config is not None and model_config.use_mla:
+        why = (f"; vLLM treats model type {model_config.hf_text_config.model_type!r} as MLA and sets the block size "
+               "for its own MLA kernels (16 on CPUs without AMX), which the lab does not use: it runs MLA layers "
+               "through vLLM's paged attention with zero-padded values. VLLM_MLA_DISABLE=1, set before vLLM starts "
+               "in the process, tells vLLM not to treat the model as MLA")
+    raise UnsupportedModelError(
+        f"{spec.module}: vLLM's KV block size {block} is not one {backend.get_name()} runs "
+        f"(supported: {backend.get_supported_kernel_block_sizes()}){why}"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import time
 from collections.abc import Iterable
@@ -15,8 +16,10 @@ from hfvllm_lab.backend.attention import (
     attention_spec,
     build_vllm_attention,
     find_attention_modules,
+    layer_notes,
     register_attention_function,
 )
+from hfvllm_lab.backend.positions import number_positions
 from hfvllm_lab.backend.meta import buffer_bytes, materialize, parameter_bytes, parameters_on_meta
 from hfvllm_lab.backend.quant import RootMapper
 from hfvllm_lab.backend.reload import WeightStash, updates_setting
@@ -30,9 +33,16 @@ from hfvllm_lab.backend.records import (
 from hfvllm_lab.backend.compiled import build_compiled_stack, run_flat
 from hfvllm_lab.backend.head import CONFIG_FLAG as HEAD_FLAG
 from hfvllm_lab.backend.head import head_dtype_setting, replace_lm_head
+from hfvllm_lab.backend.head_transform import (
+    HeadTransform,
+    forward_tree,
+    head_call,
+    peel_head_argument,
+    plan_head_transform,
+)
 from hfvllm_lab.backend.fuse import fusion_setting
 from hfvllm_lab.backend.replace import ReplaceContext, replace_modules
-from hfvllm_lab.backend.weights import CheckpointConversion, load_checked, name_map_for
+from hfvllm_lab.backend.weights import CheckpointConversion, base_model, load_checked, name_map_for
 from hfvllm_lab.device import memory_figure
 from hfvllm_lab.errors import AttentionPathError, UnsupportedModelError, WeightsError, first_line
 
@@ -73,8 +83,8 @@ def transformers_own_config(config, model_dir: str, overrides=None):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
 
     name = CONFIG_MAPPING_NAMES.get(getattr(config, "model_type", ""))
-    if name is None or type(config).__module__.startswith("transformers."):
-        return config
+    if name is None or (type(config).__module__.startswith("transformers.") and type(config).__name__ == name):
+        return config  # (vLLM reads deepseek_v32 with transformers' DeepseekV3Config: not its own class)
     try:
         own = getattr(importlib.import_module(f"transformers.models.{model_type_to_module_name(config.model_type)}"), name)
     except (ImportError, AttributeError):
@@ -115,15 +125,23 @@ def check_config(text_config) -> None:
     params = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
     layers = params.values() if params and all(isinstance(v, dict) for v in params.values()) else [params]
     for p in layers:
+        if isinstance(p, dict) and "mrope_section" in p:
+            raise UnsupportedModelError(
+                "multimodal rope (rope_parameters mrope_section): vLLM's model runner then asks the model class for "
+                "3-D rope positions (SupportsMRoPE), which the lab backend does not compute")
         rope_type = (p or {}).get("rope_type") or (p or {}).get("type")
         if rope_type in BATCH_DEPENDENT_ROPE:
             raise UnsupportedModelError(
                 f"rope type {rope_type!r} derives its frequencies from the largest position in a forward; "
                 "in vLLM's flattened batch that would mix sequences"
             )
-    if getattr(text_config, "attention_chunk_size", None):
+    types = getattr(text_config, "layer_types", None) or ()
+    if getattr(text_config, "attention_chunk_size", None) and "chunked_attention" not in types:
+        # HF chunks exactly the layers whose layer_types entry says so (its mask per layer type);
+        # those run vLLM's ChunkedLocalAttention (backend/attention.py)
         raise UnsupportedModelError(
-            "chunked attention lives only in HF's attention mask, which the paged-attention path does not build"
+            "the config sets attention_chunk_size but no layer_types entry is 'chunked_attention', so which "
+            "layers HF chunks cannot be read"
         )
 
 
@@ -143,6 +161,7 @@ LOGITS_ALLOWLIST: dict[str, tuple[str, str]] = {
     "logits * self.config.logits_scaling": ("mul", "config.logits_scaling"),  # HyperCLOVA X (MuP)
     "logits * self.logit_scale": ("mul", "logit_scale"),  # Cohere
     "logits * self.config.logit_scale": ("mul", "config.logit_scale"),
+    "logits * self.model.lm_head_multiplier": ("mul", "model.lm_head_multiplier"),  # Falcon-H1 (muP)
     "logits.float()": ("none", ""),
     "logits.contiguous()": ("none", ""),
 }
@@ -150,23 +169,21 @@ LOGITS_ALLOWLIST: dict[str, tuple[str, str]] = {
 # logits_scaling (MiniCPM3; with a bias-free head that is the logits divided by it).
 HIDDEN_FROM_BASE = re.compile(r"^\w*outputs(\[0\]|\.last_hidden_state)$")
 HIDDEN_ALLOWLIST: dict[str, tuple[str, str]] = {
-    "hidden_states / self.config.logits_scaling": ("hidden-div", "config.logits_scaling")}
+    "hidden_states / self.config.logits_scaling": ("hidden-div", "config.logits_scaling"),
+    # Inkling (muP): the base model's output divided before the head
+    "outputs.last_hidden_state / self.config.logits_mup_width_multiplier": (
+        "hidden-div", "config.logits_mup_width_multiplier")}
 
 
-def check_logits_postprocessing(cls: type, head_attr: str) -> list[tuple[str, str]]:
+def check_logits_postprocessing(cls: type, head_attr: str, transform: bool = False) -> list[tuple[str, str]]:
     """Refuse a causal-LM forward that computes anything between the base model and the logits
-    beyond the head call and the allowlisted constants: the head must be applied to the base
-    model's output (a plain variable, possibly sliced), and every later assignment to the head's
-    result must be in LOGITS_ALLOWLIST. Returns the allowlisted steps in source order."""
-    import ast
-    import inspect
-    import textwrap
-
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))))
-    except (OSError, TypeError, SyntaxError):
-        raise UnsupportedModelError(
-            f"{cls.__name__}.forward has no readable source: its logit maths cannot be checked") from None
+    beyond the head call, the head transform and the allowlisted constants: the head must be applied
+    to the base model's output (a plain variable, possibly sliced, possibly inside head-transform
+    module calls: backend/head_transform.py), and every later assignment to the head's result must be
+    in LOGITS_ALLOWLIST. With `transform` (a head container whose forward computes the transform
+    before its output embedding) only what follows the head call is checked. Returns the
+    allowlisted steps in source order."""
+    tree = forward_tree(cls)
     assigns: dict[str, list[tuple[int, str]]] = {}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
@@ -177,29 +194,15 @@ def check_logits_postprocessing(cls: type, head_attr: str) -> list[tuple[str, st
                     assigns.setdefault(t.id, []).append((node.lineno, rhs))
     for values in assigns.values():
         values.sort()
-    head_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == f"self.{head_attr}"]
-    if len(head_calls) != 1 or len(head_calls[0].args) != 1:
-        raise UnsupportedModelError(
-            f"{cls.__name__}.forward does not call its head self.{head_attr} exactly once on one tensor; "
-            "its logit maths cannot be checked"
-        )
-    arg = head_calls[0].args[0]
-    while True:  # slices, dtype casts and `.last_hidden_state` of the base output leave the values alone
-        if isinstance(arg, ast.Subscript):
-            arg = arg.value
-        elif isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "to":
-            arg = arg.func.value
-        elif isinstance(arg, ast.Attribute) and arg.attr == "last_hidden_state":
-            arg = arg.value
-        else:
-            break
-    if not isinstance(arg, ast.Name):
+    call = head_call(tree, cls, head_attr)
+    arg, _ = peel_head_argument(call.args[0], head_attr)  # wrapped transform modules: check_head plans them
+    if not transform and not isinstance(arg, ast.Name):
         raise UnsupportedModelError(
             f"{cls.__name__}.forward applies more than its head to the hidden states "
-            f"(`self.{head_attr}({ast.unparse(head_calls[0].args[0])})`), which the lab's vLLM path would not repeat"
+            f"(`self.{head_attr}({ast.unparse(call.args[0])})`), which the lab's vLLM path would not repeat"
         )
     steps: list[tuple[str, str]] = []
-    for _, rhs in assigns.get(arg.id, []):
+    for _, rhs in [] if transform else assigns.get(arg.id, []):
         if rhs.startswith("self.") and rhs.endswith(")") and not rhs.startswith(f"self.{head_attr}("):
             continue  # the base model's own output object (`outputs = self.model(...)`)
         if HIDDEN_FROM_BASE.match(rhs):
@@ -211,9 +214,12 @@ def check_logits_postprocessing(cls: type, head_attr: str) -> list[tuple[str, st
                 "which the lab's vLLM path would not repeat"
             )
         steps.append(step)
-    head_src = ast.unparse(head_calls[0])
+    head_src = ast.unparse(call)
     result = next((name for name, values in assigns.items() if any(head_src in v for _, v in values)), None)
-    for _, rhs in assigns.get(result, []) if result else []:
+    head_line = min((line for line, v in assigns.get(result, []) if head_src in v), default=0)
+    for line, rhs in assigns.get(result, []) if result else []:
+        if line < head_line:
+            continue  # before the head runs (a container reusing one variable for the transform)
         # the head call itself stands for `logits` (`logits = self.lm_head(h) * scale`)
         text = "logits" + rhs[len(head_src):] if rhs.startswith(head_src) else rhs.replace(result, "logits")
         if text == "logits":
@@ -260,31 +266,22 @@ def logit_maths(cls_name: str, steps: list[tuple[str, str]], owner: nn.Module, h
             "steps": [f"{k} {o}".strip() for k, o in steps]}
 
 
-def check_head(hf: nn.Module, head_name: str) -> None:
-    """The logits must be the output embedding applied to the base model's last hidden state:
-    refuse heads whose module path holds more (RoBERTa-style dense -> gelu -> layer_norm -> decoder)."""
+def check_head(hf: nn.Module, head_name: str) -> HeadTransform | None:
+    """The logits must be the output embedding (a Linear) applied to the base model's last hidden
+    state, after the head's own transform where it has one (RoBERTa-style dense -> gelu -> layer_norm
+    before the decoder): that transform, run as HF code in `compute_logits`, or None."""
     head = hf.get_submodule(head_name)
     if not isinstance(head, nn.Linear):
         raise UnsupportedModelError(
             f"the output embedding {head_name} is a {type(head).__name__}, not a Linear projection"
         )
-    parts = head_name.split(".")
-    own = {id(p) for p in head.parameters()}
-    for depth in range(1, len(parts)):
-        container = hf.get_submodule(".".join(parts[:depth]))
-        extra = [n for n, m in container.named_children() if n != parts[depth]]
-        foreign = [n for n, p in container.named_parameters() if id(p) not in own]
-        if extra or foreign:
-            raise UnsupportedModelError(
-                f"{type(hf).__name__}'s head {'.'.join(parts[:depth])} ({type(container).__name__}) computes more "
-                f"than its output embedding {head_name} ({', '.join(extra + foreign)}); the engine would compute "
-                "logits from the projection alone"
-            )
-        if type(container).forward is not nn.Module.forward and check_logits_postprocessing(
-                type(container), parts[depth]):
-            raise UnsupportedModelError(
-                f"{type(hf).__name__}'s head {'.'.join(parts[:depth])} ({type(container).__name__}) scales or "
-                "caps the logits inside the head module, which the lab does not repeat")
+    transform = plan_head_transform(hf, head_name, check_logits_postprocessing)
+    if transform is not None and any(kind == "hidden-div" for kind, _ in check_logits_postprocessing(
+            type(hf), head_name.split(".")[0])):
+        raise UnsupportedModelError(
+            f"{type(hf).__name__} scales the hidden states before a head transform; vLLM's logits processor "
+            "would scale the logits after it instead")
+    return transform
 
 
 def check_decoder(hf: nn.Module) -> None:
@@ -299,35 +296,22 @@ def check_decoder(hf: nn.Module) -> None:
             )
 
 
-CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache_params", "layer_past")
-
-
 def check_stateless(hf: nn.Module) -> None:
-    """Only attention may keep state across steps (vLLM's paged KV cache holds it). A module that
-    takes the HF cache itself — a convolution or recurrence carrying its state between tokens —
-    would lose that state: the lab runs every forward with use_cache=False, so prefill would be
-    right and every decode step silently wrong."""
-    import inspect
+    """Only attention may keep state across steps in this class (vLLM's paged KV cache holds it). A
+    module that takes the HF cache itself — a convolution or recurrence carrying its state between
+    tokens — needs the lab's hybrid class, which gives it a slot in vLLM's state cache; the Session
+    picks that class by itself (`backend/state.py`)."""
+    from hfvllm_lab.backend.register import ARCH_HYBRID
+    from hfvllm_lab.backend.state import find_stateful
 
-    from hfvllm_lab.backend.attention import dispatches_through_interface
-
-    passers = set()  # modules that only hand the cache down to an attention module inside them
-    for name, module in hf.named_modules():
-        if any(dispatches_through_interface(type(m)) for m in module.modules()):
-            passers.add(name)
-    if not passers:
-        return  # no attention dispatches through the interface: refused later, with that reason
-    for name, module in hf.named_modules():
-        if name in passers or type(module).forward is nn.Module.forward:
-            continue
-        params = inspect.signature(type(module).forward).parameters
-        taken = [a for a in CACHE_ARGUMENTS if a in params]
-        if taken:
-            raise UnsupportedModelError(
-                f"{name} ({type(module).__name__}) takes the HF cache ({taken[0]}) outside attention: it keeps "
-                "state between tokens (a convolution or recurrence) that vLLM's paged KV cache does not hold, so "
-                "every decode step would be computed without it"
-            )
+    found = find_stateful(hf)
+    if found:
+        name, module, argument = found[0]
+        raise UnsupportedModelError(
+            f"{name} ({type(module).__name__}) takes the HF cache ({argument}) outside attention: it keeps "
+            "state between tokens, which only the lab's hybrid class gives a place in vLLM's state cache; "
+            f"build it with hf_overrides={{'architectures': ['{ARCH_HYBRID}']}}"
+        )
 
 
 def check_supported(cls: type) -> None:
@@ -404,14 +388,15 @@ class LabForCausalLM(nn.Module):
         phase("meta", hf)
         report.eager_param_bytes = report.phases[-1].meta_bytes
 
-        base = getattr(hf, hf.base_model_prefix)
+        base = base_model(hf)  # sets the instance's prefix where the class's names no module (Llama-4)
         # HF's own names and shapes, before any swap: what transformers' conversion mapping targets.
         hf_state = {n: tuple(t.shape) for n, t in hf.state_dict(keep_vars=True).items()}
         self._conversion = CheckpointConversion(hf, hf_state)
         head_name = self._output_embedding_name(hf)
         check_decoder(hf)
-        check_stateless(hf)
-        check_head(hf, head_name)
+        state_plans = self._lab_state_plans = self._plan_state(hf, dtype)
+        self.lab_head_transform = check_head(hf, head_name)  # HF code run in compute_logits, or None
+        positions_record = number_positions(hf)  # RoBERTa-style numbering from padding_idx + 1, or None
         logit_steps = check_logits_postprocessing(hf_cls, head_name.split(".")[0])
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
@@ -424,10 +409,12 @@ class LabForCausalLM(nn.Module):
                                head_dtype_setting(model_config.head_dtype, dtype))
         self.lab_tied_copies = head.tied_copies  # a checkpoint name -> a second parameter it also fills
         self.lab_head_dtype = head.dtype
-        report.records.append(head.record)
+        report.records += [head.record, *(self.lab_head_transform.records(hf) if self.lab_head_transform else []),
+                           *([positions_record] if positions_record else [])]
         if head.dtype is not None:
             report.options["LM head dtype"] = f"{str(head.dtype).removeprefix('torch.')} (hf_overrides {HEAD_FLAG})"
         self._route_attention(hf, vllm_config, report)
+        self._attach_state(hf, state_plans, vllm_config, report)
         phase("replaced", self)
         keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
         keep_fp32 += (f"{ROOT}.{head_name}.",) if head.dtype is not None else ()
@@ -484,7 +471,12 @@ class LabForCausalLM(nn.Module):
 
     def _route_attention(self, hf, vllm_config, report: BuildReport) -> None:
         num_layers = self.text_config.num_hidden_layers
-        for idx, (name, module) in sorted(find_attention_modules(hf, num_layers).items()):
+        stateful = frozenset(p.layer_idx for p in self._lab_state_plans)
+        if stateful:  # a hybrid model's layers of its own kinds (Nemotron-H's MLP and MoE blocks) hold no attention
+            types = getattr(self.text_config, "layer_types", None) or []
+            stateful |= {i for i, t in enumerate(types) if isinstance(t, str) and "attention" not in t
+                         and t not in ("hybrid", "hybrid_sliding")}
+        for idx, (name, module) in sorted(find_attention_modules(hf, num_layers, stateful).items()):
             spec = attention_spec(name, module, self.text_config, idx, self.tp_size, f"{ROOT}.{name}")
             attn = build_vllm_attention(spec, vllm_config.cache_config, vllm_config.quant_config)
             setattr(module, ATTN_ATTR, attn)
@@ -496,9 +488,17 @@ class LabForCausalLM(nn.Module):
                 ReplacementRecord(
                     name, ATTENTION, ROUTED, type(module).__name__, type(attn).__name__, (), 0,
                     f"{backend}: {spec.num_heads} heads / {spec.num_kv_heads} kv, head {spec.head_size}, "
-                    f"scale {spec.scale:.4g}{window}{cap}",
+                    f"scale {spec.scale:.4g}{window}{cap}{layer_notes(spec)}",
                 )
             )
+
+    def _plan_state(self, hf: nn.Module, dtype: torch.dtype) -> list:
+        """Stateful modules are refused here; the hybrid class (below) plans their state slots."""
+        check_stateless(hf)
+        return []
+
+    def _attach_state(self, hf, plans, vllm_config, report: BuildReport) -> None:
+        return None
 
     def _attach_sinks(self) -> None:
         """vLLM's attention keeps the sinks tensor it was built with (on meta); point it at the HF
@@ -532,6 +532,9 @@ class LabForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         head = self.hf.get_output_embeddings()
+        transform = getattr(self, "lab_head_transform", None)
+        if transform is not None:  # the head's own HF code before its output embedding (backend/head_transform.py)
+            hidden_states = transform(self.hf, hidden_states)
         if self.lab_head_dtype is not None:
             hidden_states = hidden_states.to(self.lab_head_dtype)
         return self.logits_processor(head, hidden_states, getattr(head, "bias", None))
@@ -573,3 +576,52 @@ class LabForCausalLM(nn.Module):
         self.lab_report.weight_updates.append(
             f"{len(outcome.loaded)} parameters updated, {len(repacked)} layers repacked")
         return outcome.loaded
+
+
+class LabHybridForCausalLM(LabForCausalLM):
+    """The lab backend for models whose modules keep state between tokens outside attention (Mamba
+    mixers, gated delta-nets, short convolutions): each such module runs as HF code with its
+    per-request state in vLLM's state cache (backend/state.py). vLLM reads `is_hybrid` from the
+    class, so these models get their own architecture name."""
+
+    is_hybrid = True
+    has_inner_state = True
+
+    def _plan_state(self, hf: nn.Module, dtype: torch.dtype) -> list:
+        from hfvllm_lab.backend.state import plan_state
+
+        plans = plan_state(hf, self.text_config, dtype, self.tp_size)
+        if not plans:
+            raise UnsupportedModelError(
+                f"{type(hf).__name__} keeps no state outside attention; build it with the lab's plain class")
+        return plans
+
+    def _attach_state(self, hf, plans, vllm_config, report: BuildReport) -> None:
+        from hfvllm_lab.backend.state import attach_state
+
+        report.records.extend(attach_state(hf, plans, self.text_config, vllm_config, ROOT,
+                                           vllm_config.model_config.model))
+        layout = plans[0].layout
+        report.options["state cache"] = (
+            f"{len(plans)} stateful modules ({layout.module_class}), {layout.describe()} each; prefix caching "
+            f"{'on' if vllm_config.cache_config.enable_prefix_caching else 'off'}")
+        report.state = {"modules": len(plans), "bytes_per_request": layout.bytes_per_request * len(plans),
+                        "layout": layout.describe(), "module_class": layout.module_class}
+
+    @classmethod
+    def get_mamba_state_shape_from_config(cls, vllm_config):
+        from hfvllm_lab.backend.state import registered_layout
+
+        return tuple(t.shape for t in registered_layout(vllm_config).tensors)
+
+    @classmethod
+    def get_mamba_state_dtype_from_config(cls, vllm_config):
+        from hfvllm_lab.backend.state import _DTYPES, registered_layout
+
+        return tuple(_DTYPES[t.dtype] for t in registered_layout(vllm_config).tensors)
+
+    @classmethod
+    def get_mamba_state_copy_func(cls):
+        from hfvllm_lab.backend.state import state_copy_funcs
+
+        return state_copy_funcs()

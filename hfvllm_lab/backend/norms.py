@@ -24,7 +24,10 @@ class NormMaths:
 
 
 def looks_like_norm(module: nn.Module) -> bool:
-    return "norm" in type(module).__name__.lower()
+    """A norm by its class name, holding no layer with parameters of its own: classes whose model name
+    says "Norm" (RoBERTa-PreLayerNorm's embeddings, layers, model) are containers, walked like any other."""
+    return "norm" in type(module).__name__.lower() and not any(
+        True for child in module.children() for _ in child.parameters())
 
 
 def norm_eps(module: nn.Module) -> float | None:
@@ -51,6 +54,10 @@ def classify_norm(module: nn.Module) -> NormMaths:
         return NormMaths(None, None, None, "no 1-D weight to carry over")
     if getattr(module, "bias", None) is not None:
         return NormMaths(None, None, None, "has a bias, which vLLM's RMSNorm lacks")
+    extra = _extra_inputs(type(module))
+    if extra:
+        return NormMaths(None, None, None, f"its forward takes more than the input ({', '.join(extra)}: a gated "
+                                           "norm), which vLLM's RMSNorm would read as a residual")
     eps = norm_eps(module)
     if eps is None:
         return NormMaths(None, None, None, "no epsilon attribute found")
@@ -60,6 +67,14 @@ def classify_norm(module: nn.Module) -> NormMaths:
         with float32_samples():
             _CACHE[key] = _measure(module, width, eps)
     return _CACHE[key]
+
+
+def _extra_inputs(cls: type) -> list[str]:
+    """Parameters of `cls.forward` beyond `self` and the input tensor (a gate, a residual)."""
+    import inspect
+
+    params = list(inspect.signature(cls.forward).parameters.values())[2:]
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _measure(module: nn.Module, width: int, eps: float) -> NormMaths:

@@ -19,6 +19,7 @@ from hfvllm_lab.vocab import (  # noqa: F401
     REPLACED,
     ROTARY,
     ROUTED,
+    STATE,
     TIED,
 )
 
@@ -56,6 +57,14 @@ class AttentionLayerSpec:
     sliding_window: int | None
     logits_soft_cap: float | None
     sinks: str | None = None  # the HF module's parameter passed as attention sinks (s_aux)
+    # The HF value head size (None: head_size). Smaller than head_size (MLA): the values are zero-padded
+    # to head_size for vLLM's one-head-size Attention and its output is cut back.
+    value_head_size: int | None = None
+    attention_chunk_size: int | None = None  # chunked local attention (Llama-4): vLLM's ChunkedLocalAttention
+
+    @property
+    def padded_values(self) -> bool:
+        return self.value_head_size is not None and self.value_head_size != self.head_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +107,8 @@ class BuildReport:
     # Build options and where each came from, e.g. {"fusions and CPU kernels": "off (hf_overrides lab_fuse=False)"}
     options: dict[str, str] = field(default_factory=dict)
     weight_updates: list[str] = field(default_factory=list)  # load_weights calls after the first, in order
+    # Stateful modules (backend/state.py): how many, bytes per request, the layout; empty otherwise
+    state: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +127,7 @@ class BuildReport:
             "kept_fp32": list(self.kept_fp32),
             "options": dict(self.options),
             "weight_updates": list(self.weight_updates),
+            "state": dict(self.state),
         }
 
     @classmethod

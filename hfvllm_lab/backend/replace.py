@@ -95,10 +95,35 @@ def build_vllm_linear(linear: nn.Linear, style: str, ctx: ReplaceContext, prefix
         return_bias=False,
     )
     if style.startswith("colwise"):
-        return ColumnParallelLinear(gather_output=style == "colwise_gather_output", **common)
-    if style.startswith("rowwise"):
-        return RowParallelLinear(input_is_parallel=style != "rowwise_split_input", **common)
-    return ReplicatedLinear(**common)
+        layer = ColumnParallelLinear(gather_output=style == "colwise_gather_output", **common)
+    elif style.startswith("rowwise"):
+        layer = RowParallelLinear(input_is_parallel=style != "rowwise_split_input", **common)
+    else:
+        layer = ReplicatedLinear(**common)
+    layer.register_forward_pre_hook(_rows_contiguous)
+    return layer
+
+
+def reads_weight_directly(parent: nn.Module, child_name: str) -> str | None:
+    """The expression in the parent's forward that reads `self.<child>.weight`/`.bias` instead of
+    calling the child (Jamba's `self.dt_proj.weight @ ...`), or None."""
+    import inspect
+
+    try:
+        source = inspect.getsource(inspect.unwrap(type(parent).forward))
+    except (OSError, TypeError):
+        return None
+    match = re.search(rf"self\.{re.escape(child_name)}\.(weight|bias)\b", source)
+    return match.group(0) if match else None
+
+
+def _rows_contiguous(module: nn.Module, args: tuple):
+    """nn.Linear takes any strides (Mamba mixers pass transposed views); vLLM's CPU GEMM needs each
+    row contiguous, so such an input is copied into that layout first (same values)."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.dim() > 1 and x.stride(-1) != 1:
+        return (x.contiguous(), *args[1:])
+    return None
 
 
 def build_vllm_embedding(embedding: nn.Embedding, ctx: ReplaceContext, prefix: str) -> nn.Module:
@@ -160,7 +185,12 @@ def replace_modules(
                     records.append(fusion.records[name])
                 continue
             new: nn.Module | None = None
-            if type(child) is nn.Linear:
+            direct = reads_weight_directly(parent, child_name) if isinstance(child, nn.Linear) else None
+            if direct:
+                records.append(_record(name, LINEAR, KEPT, child, reason=(
+                    f"its parent's forward reads the weight itself (`{direct}`); vLLM's layers keep their "
+                    "weights packed for their own kernels, so this Linear stays HF")))
+            elif type(child) is nn.Linear:
                 style = tp_style(name.removeprefix(base_prefix + "."), ctx)
                 new = build_vllm_linear(child, style, ctx, f"{vllm_prefix}.{name}")
                 reasons = [fusion.not_fused.get(name, "") if fusion is not None else "", describe_quant(new)]

@@ -46,6 +46,25 @@ class NameMap:
         return not is_parameter and any(p.search(name) for p in self.ignore_patterns)
 
 
+def base_model(hf_model: nn.Module) -> nn.Module:
+    """The base model that `base_model_prefix` names. A class whose prefix names no module of its own
+    (Llama4ForCausalLM says "language_model", its base is `model`) gets the prefix of its one base-model
+    child on this instance, so every lookup by prefix (names, tensor-parallel plan, forward) agrees."""
+    from transformers import PreTrainedModel
+
+    base = getattr(hf_model, hf_model.base_model_prefix, None)
+    if isinstance(base, nn.Module):
+        return base
+    children = [(n, m) for n, m in hf_model.named_children() if isinstance(m, PreTrainedModel)]
+    if len(children) != 1:
+        raise WeightsError(
+            f"{type(hf_model).__name__}.base_model_prefix {hf_model.base_model_prefix!r} names no module, and "
+            f"{len(children)} of its children are base models"
+        )
+    hf_model.base_model_prefix = children[0][0]
+    return children[0][1]
+
+
 def name_map_for(hf_model: nn.Module, root: str) -> NameMap:
     base_prefix = hf_model.base_model_prefix
     base = getattr(hf_model, base_prefix)
@@ -196,6 +215,8 @@ def load_checked(
     copies: dict[str, str] = getattr(model, "lab_tied_copies", None) or {}
 
     sliced: set[str] = set()  # packed expert parameters updated one expert at a time
+    streamed: set[str] = set()  # parameter names the stream has filled so far
+    via_alias: set[str] = set()  # tied parameters filled from their other name
 
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in (conversion(weights, partial) if conversion is not None else weights):
@@ -210,9 +231,13 @@ def load_checked(
             if names.ignorable(name, known):
                 ignored.append(name)
                 continue
-            if target in aliases:
-                ignored.append(name)  # a tied copy of a tensor loaded under its other name
-                continue
+            if target in aliases:  # a tied parameter listed first under its other name
+                if aliases[target] in via_alias or aliases[target] in streamed:
+                    ignored.append(name)  # a tied copy of a tensor loaded under its other name
+                    continue
+                via_alias.add(aliases[target])  # checkpoints may store it under this name only (CamemBERT)
+                target = aliases[target]
+            streamed.add(target)
             if target in shards:  # fusion hook
                 shards.load(target, tensor)
                 continue
@@ -245,13 +270,13 @@ def _short(names: list[str], limit: int = 12) -> list[str]:
     return names if len(names) <= limit else [*names[:limit], f"... ({len(names) - limit} more)"]
 
 
-def _tied_aliases(model: nn.Module) -> set[str]:
-    """Names under which an already-listed parameter appears again (a tied LM head)."""
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Names under which an already-listed parameter appears again (a tied LM head) -> its first name."""
     seen: dict[int, str] = {}
-    aliases: set[str] = set()
+    aliases: dict[str, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         if id(param) in seen:
-            aliases.add(name)
+            aliases[name] = seen[id(param)]
         else:
             seen[id(param)] = name
     return aliases

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from hfvllm_lab.coverage.report import ERROR, FAIL, PASS, REFUSED, SKIP
 from hfvllm_lab.errors import first_line, root_cause
@@ -68,9 +69,66 @@ def hf_reference(directory: Path):
     except Exception:
         path = HfPath(directory, "cpu", "float32", "eager")
     try:
+        state = decoding_state(path.model)
+        if state != "past_key_values":  # attention-free / stateful models: HfPath's loop, state renamed
+            check_causal(path.model)
+            path.model = StateAdapter(path.model, state)
         return path.generate(PROMPTS, MAX_TOKENS, top_k=TOP_K)
     finally:
         path.close()
+
+
+def decoding_state(model) -> str | None:
+    """The name under which `model`'s forward returns its decoding state: `past_key_values` (every
+    attention model), or what transformers' own `generate` also looks for (`ALL_CACHE_NAMES`): Mamba's
+    `cache_params`, RWKV's `state`, Reformer's `past_buckets_states`, ...; None when it returns none.
+    A model the probe cannot run is taken as `past_key_values` (HfPath runs it, and says what fails)."""
+    import torch
+    from transformers.generation.utils import ALL_CACHE_NAMES
+
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([[1, 2]]), use_cache=True)
+    except Exception:
+        return "past_key_values"
+    return next((name for name in ALL_CACHE_NAMES if getattr(out, name, None) is not None), None)
+
+
+def check_causal(model) -> None:
+    """Refuse (CannotShrinkError, a SKIP) a model whose logits at a position depend on later tokens
+    (XLM, XLNet: bidirectional; transformers generates with them through mask or permutation tricks),
+    which no causal engine computes."""
+    import torch
+
+    from hfvllm_lab.zoo.shrink import CannotShrinkError
+
+    with torch.no_grad():
+        prefix = model(input_ids=torch.tensor([[1, 2]]), use_cache=False).logits[0]
+        longer = [model(input_ids=torch.tensor([[1, 2, last]]), use_cache=False).logits[0, :2] for last in (3, 4)]
+    if not all(torch.allclose(prefix, x, rtol=0, atol=1e-5) for x in longer):
+        raise CannotShrinkError(f"not a causal LM: {type(model).__name__}'s logits at a position depend on later "
+                                "tokens (bidirectional attention)")
+
+
+class StateAdapter:
+    """What `HfPath` asks of a model — `model(input_ids=..., past_key_values=..., use_cache=True)`
+    answering `.logits` and `.past_key_values` — for a model whose decoding state goes by another name
+    (fed back under that name, as transformers' `generate` does), or that returns none: then each step
+    runs the whole sequence again (its cache is the token ids so far), as `generate` does for such a model."""
+
+    def __init__(self, model, state: str | None) -> None:
+        self.model = model
+        self.state = state
+
+    def __call__(self, input_ids, past_key_values=None, use_cache: bool = True):
+        import torch
+
+        if self.state is None:
+            ids = input_ids if past_key_values is None else torch.cat([past_key_values, input_ids], dim=1)
+            return SimpleNamespace(logits=self.model(input_ids=ids, use_cache=False).logits, past_key_values=ids)
+        kwargs = {} if past_key_values is None else {self.state: past_key_values}
+        out = self.model(input_ids=input_ids, use_cache=use_cache, **kwargs)
+        return SimpleNamespace(logits=out.logits, past_key_values=getattr(out, self.state))
 
 
 def run_path(path: str, directory: Path, config, reference) -> tuple[str, str]:
@@ -146,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     emit("shrunk", dir=str(directory), seconds=time.perf_counter() - began)
     try:
         reference = hf_reference(directory)
+    except CannotShrinkError as exc:
+        return all_paths(SKIP, str(exc))
     except Exception as exc:
         return all_paths(SKIP, f"transformers cannot run the shrunk checkpoint: {type(exc).__name__}: {first_line(exc)}")
     emit("reference", seconds=time.perf_counter() - began)

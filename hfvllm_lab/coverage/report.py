@@ -36,6 +36,7 @@ class CoverageReport:
     timeout_s: float | None = None
     command: str = ""
     not_run: list[str] = field(default_factory=list)  # model types asked for but not (yet) run
+    notes: list[str] = field(default_factory=list)  # how the report was put together, where not one plain run
 
     @property
     def partial(self) -> bool:
@@ -74,7 +75,7 @@ class CoverageReport:
         return cls(rows=[CoverageRow(**r) for r in data.get("rows", [])], paths=tuple(data.get("paths", ("lab",))),
                    started=data.get("started", ""), finished=data.get("finished", ""), stack=data.get("stack", {}),
                    timeout_s=data.get("timeout_s"), command=data.get("command", ""),
-                   not_run=list(data.get("not_run", [])))
+                   not_run=list(data.get("not_run", [])), notes=list(data.get("notes", [])))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -152,6 +153,7 @@ class CoverageReport:
             "- Stack: " + ", ".join(f"{k} {v}" for k, v in self.stack.items()),
             f"- Per-architecture timeout: {self.timeout_s:g} s per path" if self.timeout_s else "- No timeout",
             f"- Regenerate: `make coverage` (runs `{self.command or _DEFAULT_COMMAND}`)",
+            *(f"- Note: {n}" for n in self.notes),
             "",
             "Verdicts: **PASS** parity holds; **FAIL** the first divergence or logprob gap; **REFUSED** the lab "
             "backend's own refusal (UnsupportedModelError / AttentionPathError / WeightsError); **ERROR** a crash "

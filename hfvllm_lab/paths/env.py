@@ -25,6 +25,14 @@ def prepare_vllm_environment() -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     # vLLM's start-up chatter buries a notebook's output; set VLLM_LOGGING_LEVEL to see it.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import torch
+
+    if not torch.cuda.is_available():
+        # vLLM treats DeepSeek-style model types as MLA and, on CPUs without AMX, sets a 16-token KV
+        # block for its own MLA kernel, which its paged attention refuses (multiples of 32); the lab
+        # runs MLA layers through paged attention with zero-padded values, so vLLM's MLA path stays off
+        # (vLLM reads this once per process; set VLLM_MLA_DISABLE yourself to choose otherwise)
+        os.environ.setdefault("VLLM_MLA_DISABLE", "1")
     check_torchvision()
 
 

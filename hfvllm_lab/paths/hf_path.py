@@ -63,6 +63,24 @@ class HfPath:
                 out.append(torch.log_softmax(logits.float(), -1).cpu())
         return out
 
+    def _at(self, position: int) -> dict:
+        """The decode step's position_ids, as generate() passes them: some models (Bamba) number a
+        one-token forward from 0 when given none, even with a cache behind it."""
+        import inspect
+
+        import torch
+
+        from hfvllm_lab.backend.positions import numbers_own_positions
+
+        forward = getattr(self.model, "forward", None)
+        if forward is None or "position_ids" not in inspect.signature(forward).parameters:
+            return {}
+        if numbers_own_positions(self.model):
+            # RoBERTa-style embeddings number a forward given no position_ids from padding_idx + 1 and
+            # count the cache, as this path's prefill (given none) does; 0-based ids would mix numberings
+            return {}
+        return {"position_ids": torch.tensor([[position]], device=self.device)}
+
     def decode_along(self, sequences: list[list[int]], prompt_lengths: list[int]) -> list:
         """Decoding as a transformers rollout computes it: the prompt in one forward, then one token at a
         time with the model's own KV cache, fed each sequence's own next token. Per sequence the
@@ -74,9 +92,9 @@ class HfPath:
             for seq, n in zip(sequences, prompt_lengths):
                 step = self.model(input_ids=torch.tensor([seq[:n]], device=self.device), use_cache=True)
                 rows = [torch.log_softmax(step.logits[0, -1].float(), -1)]
-                for token in seq[n:-1]:
+                for i, token in enumerate(seq[n:-1]):
                     step = self.model(input_ids=torch.tensor([[token]], device=self.device),
-                                      past_key_values=step.past_key_values, use_cache=True)
+                                      past_key_values=step.past_key_values, use_cache=True, **self._at(n + i))
                     rows.append(torch.log_softmax(step.logits[0, -1].float(), -1))
                 out.append(torch.stack(rows).cpu())
         return out
@@ -108,7 +126,8 @@ class HfPath:
                 if len(new) == max_tokens:
                     break
                 out = self.model(input_ids=torch.tensor([[chosen]], device=self.device),
-                                 past_key_values=out.past_key_values, use_cache=True)
+                                 past_key_values=out.past_key_values, use_cache=True,
+                                 **self._at(len(prompt_ids) + len(new) - 1))
                 step_lp = torch.log_softmax(out.logits[0, -1].float(), -1)
         return Generation(
             prompt=prompt,

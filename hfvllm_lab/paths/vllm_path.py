@@ -98,7 +98,7 @@ def engine_kwargs(settings: EngineSettings) -> MergedArgs:
     (`paths/engine_args.py`: refused where they would change what runs or can be observed)."""
     from transformers import AutoConfig
 
-    from hfvllm_lab.backend import ARCH
+    from hfvllm_lab.backend import ARCH, ARCH_HYBRID
 
     if settings.backend not in BACKENDS:
         raise InputError(f"unknown backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -132,11 +132,21 @@ def engine_kwargs(settings: EngineSettings) -> MergedArgs:
     # On every device: without it the CPU backend reserves ~90% of RAM and GPUs a fixed share of
     # the card, leaving no room for the HF path a notebook compares against.
     kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
+    arch = ARCH
     if settings.backend == "lab":
-        kwargs["hf_overrides"] = {"architectures": [ARCH]}
+        from hfvllm_lab.backend.state import model_keeps_state
+
+        # modules keeping state outside attention need the hybrid class (vLLM reads is_hybrid from it)
+        arch = ARCH_HYBRID if model_keeps_state(settings.model_dir, config, settings.trust_remote_code) else ARCH
+        kwargs["hf_overrides"] = {"architectures": [arch]}
     elif settings.backend == "transformers":
         kwargs["model_impl"] = "transformers"
-    return merge_engine_args(kwargs, settings.extra, backend=settings.backend, mode=settings.mode, lab_arch=ARCH)
+    merged = merge_engine_args(kwargs, settings.extra, backend=settings.backend, mode=settings.mode, lab_arch=arch)
+    if arch == ARCH_HYBRID and merged.kwargs.get("enable_prefix_caching"):
+        raise InputError(
+            "enable_prefix_caching=True: this model's modules keep state between tokens, and the lab keeps one "
+            "state per request, not one per cached block, so a cached prefix could not restore it; leave it off")
+    return merged
 
 
 def preflight(settings: EngineSettings):
@@ -162,6 +172,12 @@ def preflight(settings: EngineSettings):
         check_supported(hf_causal_lm_class(config, settings.trust_remote_code))
         check_config(text)
         check_tensor_parallel(text, settings.tensor_parallel_size)
+        if settings.tensor_parallel_size > 1:
+            from hfvllm_lab.backend.state import model_keeps_state, refuse_tensor_parallel
+
+            if model_keeps_state(settings.model_dir, config, settings.trust_remote_code):
+                refuse_tensor_parallel(settings.model_dir, config, settings.trust_remote_code,
+                                       settings.tensor_parallel_size)
     if settings.device.startswith("cpu"):
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 

@@ -77,8 +77,14 @@ class LabWorkerExtension:
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         figure = memory_figure(self._lab_device())
         stash = getattr(model, "_lab_stash", None)
+        from hfvllm_lab.backend.state import STATE_ATTR
+
+        slots = [getattr(m, STATE_ATTR) for m in model.modules() if hasattr(m, STATE_ATTR)]
         return MemoryPayload(kv_cache_bytes=kv_bytes, param_bytes=param_bytes, process_bytes=figure.bytes,
-                             source=figure.source, loadable_copy_bytes=stash.extra_bytes() if stash else 0)
+                             source=figure.source, loadable_copy_bytes=stash.extra_bytes() if stash else 0,
+                             state_cache_bytes=sum(v.numel() * v.element_size() for s in slots for v in s.kv_cache),
+                             state_bytes_per_request=sum(s.layout.bytes_per_request for s in slots),
+                             state_modules=len(slots))
 
     # -- attention -----------------------------------------------------------------------
     def lab_attention_start(self) -> None:
@@ -90,7 +96,7 @@ class LabWorkerExtension:
             h.remove()
         handles = [model.register_forward_pre_hook(self._lab_count_forward)]
         if self._lab_is_lab():
-            for attn in self._lab_attention_layers():
+            for attn in self._lab_attention_layers() + self._lab_state_slots():
                 attn.lab_counts.clear()
         else:
             # Other backends call `Attention.forward` directly (no module hooks fire), so count
@@ -117,6 +123,11 @@ class LabWorkerExtension:
 
         return [getattr(m, ATTN_ATTR) for m in self._lab_model().modules() if hasattr(m, ATTN_ATTR)]
 
+    def _lab_state_slots(self):
+        from hfvllm_lab.backend.state import STATE_ATTR
+
+        return [getattr(m, STATE_ATTR) for m in self._lab_model().modules() if hasattr(m, STATE_ATTR)]
+
     def _lab_vllm_attention(self):
         from vllm.model_executor.layers.attention import Attention
 
@@ -132,6 +143,12 @@ class LabWorkerExtension:
                     layer=spec.layer, module=spec.module, backend=attn.lab_backend, counts=dict(attn.lab_counts),
                     num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_size=spec.head_size,
                     sliding_window=spec.sliding_window))
+            from hfvllm_lab.backend.state import STATE_BACKEND
+
+            for slot in self._lab_state_slots():  # stateful modules: HF code, state in vLLM's state cache
+                layers.append(AttentionLayerPayload(layer=slot.layer_idx, module=slot.name, backend=STATE_BACKEND,
+                                                    counts=dict(slot.lab_counts)))
+            layers.sort(key=lambda row: row.layer)
             mode = self._lab_model().lab_attention_mode
         else:
             for idx, (name, attn) in enumerate(self._lab_vllm_attention()):

@@ -166,8 +166,13 @@ def replacement_log_html(log) -> str:
 def memory_html(report) -> str:
     rows = [[p.phase, fmt_bytes(p.param_bytes), fmt_bytes(p.meta_bytes), fmt_bytes(p.kv_cache_bytes),
              fmt_bytes(p.process_bytes), fmt_opt(p.source), fmt_seconds(p.seconds)] for p in report.phases]
-    body = [table(["phase", "params [tensors]", "on meta [tensors]", "kv cache [tensors]", "process",
-                   "process source", "seconds"], rows, align="lrrrrlr", css_class="hvl-phases"),
+    headers = ["phase", "params [tensors]", "on meta [tensors]", "kv cache [tensors]", "process",
+               "process source", "seconds"]
+    if any(p.state_cache_bytes for p in report.phases):  # a stateful model: its state cache beside the KV
+        for row, p in zip(rows, report.phases):
+            row.insert(4, fmt_bytes(p.state_cache_bytes))
+        headers.insert(4, "state cache [tensors]")
+    body = [table(headers, rows, align="lrrr" + "r" * (len(headers) - 6) + "lr", css_class="hvl-phases"),
             _p("[tensors]: exact tensor bytes; process: as its source column says"),
             _p(f"eager init would allocate: {fmt_bytes(report.eager_param_bytes)} [tensors]; "
                f"meta saving: {fmt_bytes(report.meta_saving_bytes)}")]

@@ -87,6 +87,10 @@ def plot_memory(report, ax=None):
     bottom = [0.0 if v != v else v for v in params]  # NaN (not measured) stacks from zero
     ax_tensor.bar(x, params, 0.6, label="params", color="#1e88e5")
     ax_tensor.bar(x, kv, 0.6, bottom=bottom, label="kv cache", color="#8e24aa")
+    state = [(getattr(p, "state_cache_bytes", None) or 0) / divisor for p in phases]
+    if any(state):  # stateful modules' slots live inside the cache pool: hatched over its bar
+        ax_tensor.bar(x, state, 0.6, bottom=bottom, label="of it: state slots", color="none", hatch="//",
+                      edgecolor="#ff8f00")
     if report.eager_param_bytes is not None:
         ax_tensor.axhline(report.eager_param_bytes / divisor, color="#e53935", linestyle="--", linewidth=1,
                           label="eager init params")

@@ -115,7 +115,11 @@ def memory_text(report) -> str:
                  fmt_bytes(p.process_bytes), fmt_opt(p.source), fmt_seconds(p.seconds)] for p in report.phases]
         headers = ["phase", "params [tensors]", "on meta [tensors]", "kv cache [tensors]",
                    "process", "process source", "seconds"]
-        lines.append(text_table(headers, rows, align="lrrrrlr"))
+        if any(p.state_cache_bytes for p in report.phases):  # a stateful model: its state cache beside the KV
+            for row, p in zip(rows, report.phases):
+                row.insert(4, fmt_bytes(p.state_cache_bytes))
+            headers.insert(4, "state cache [tensors]")
+        lines.append(text_table(headers, rows, align="lrrrrrlr" if len(headers) == 8 else "lrrrrlr"))
         lines.append("  [tensors]: exact tensor bytes; process: as its source column says")
     else:
         lines.append("no phases recorded")

@@ -44,6 +44,7 @@ LOGIT_STD = 2.0
 ATTN_SOFTCAP = 5.0
 FINAL_SOFTCAP = 4.0
 LOGITS_SCALING = 2.0
+QKV_CLIP = 1.5
 
 # Sub-configs that mean "not a text-only model".
 MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config", "vq_config", "audio_encoder_config", "patcher_config",
@@ -110,6 +111,24 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "gemma3n_text": {"num_kv_shared_layers": 0},
     "dots1": {"n_routed_experts": EXPERTS, "num_experts_per_tok": TOP_K, "n_shared_experts": 1,
               "first_k_dense_replace": 1},
+    # DBRX's attention still reads attn_config.rope_theta, which real checkpoints carry but the config
+    # class no longer declares (a dict value is merged into the sub-config); its q/k/v clip defaults to
+    # None, which transformers' clamp refuses (real ones clip at 8): here one that bites (|qkv| p90 ~1.3)
+    "dbrx": {"attn_config": {"rope_theta": 10000.0, "clip_qkv": QKV_CLIP}},
+    # Zamba ties every hybrid layer's shared transformer block to the first one's: with a single hybrid
+    # layer transformers' tie rule matches nothing and the model does not build, so two of each kind
+    "zamba": {"num_hidden_layers": 4, "layers_block_type": ["linear_attention", "hybrid"] * 2},
+    # LongCat reads qk_head_dim itself (the DeepSeek-style models recompute it from nope + rope, so the MLA
+    # rule below leaves theirs as it was): nope 32 + rope 32
+    "longcat_flash": {"qk_head_dim": 64},
+    # Qwen4-Exp's default layers include QSA (indexed) attention, whose indexer its defaults leave unset:
+    # 2 index heads of 32 over one key head, blocks of 4 tokens, 16 tokens kept (the prompts are longer)
+    "qwen4_exp_text": {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": HEAD_DIM,
+                       "indexer_budget": 16, "indexer_compress_ratio": 4},
+    # Cohere Compass's text model reads RoPE per layer type (M-RoPE sections over head_dim / 2) and its
+    # defaults give none: its default sections (22, 22, 20), for heads of 128, scaled to heads of 32
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                                   "mrope_section": [6, 6, 4]}}},
 }
 # Per-layer lists whose length is the layer count even where no layer-count key says so.
 _PER_LAYER_NAMES = ("layer_types", "layers_block_type", "mlp_layer_types", "indexer_types", "no_rope_layers",
@@ -295,6 +314,10 @@ def _shrink_dict(config: dict, layers: int, changes: dict) -> None:
         value = config.get(key)
         return _positive_int(value) or (isinstance(value, list) and bool(value) and all(map(_positive_int, value)))
 
+    # Zamba's shared attention reads the hidden state beside the embeddings (2 x hidden wide): keep the ratio
+    width, attention = config.get("hidden_size"), config.get("attention_hidden_size")
+    attention_width = (attention // width if _positive_int(width) and _positive_int(attention)
+                       and attention % width == 0 else None)
     heads = config.get("num_attention_heads") or config.get("n_head") or config.get("num_heads")
     kv = next((config[k] for k in _KV_HEADS if _positive_int(config.get(k))), None)
     gqa = _positive_int(heads) and kv is not None and 1 < kv < heads
@@ -339,11 +362,27 @@ def _shrink_dict(config: dict, layers: int, changes: dict) -> None:
             put("qk_head_dim", _FIXED["qk_rope_head_dim"] + (config.get("qk_nope_head_dim") or 0))
     if "attn_layer_indices" in config and not config["attn_layer_indices"]:
         put("attn_layer_indices", [layers - 1])  # hybrids (Bamba) default to no attention layer at all
+    for key in ("layer_types", "layers_block_type"):
+        # hybrids whose per-layer kinds default to Mamba only (Granite 4.0-H: transformers' model then asks
+        # its cache for a sequence length that only attention layers hold): the last layer attends
+        kinds = config.get(key)
+        if isinstance(kinds, list) and kinds and set(kinds) == {"linear_attention"} and _positive_int(heads):
+            put(key, kinds[:-1] + ["full_attention"])
     if _positive_int(config.get("expand")) and _positive_int(config.get("num_heads")) and "head_dim" in config:
         put("num_heads", config["expand"] * HIDDEN // HEAD_DIM)  # Mamba2: heads x head_dim = expand x hidden
+    if attention_width:
+        put("attention_hidden_size", attention_width * HIDDEN)
+    shrunk_heads = next((config[k] for k in _HEADS if _positive_int(config.get(k))), None)
+    for key in ("qk_dim_factor", "v_dim_factor"):
+        # q/k and v widths given as factors of the hidden size (xLSTM): heads of 32 as everywhere. (0.5 x 64
+        # would make q/k heads of 16, and transformers' cache, which rounds the width up to 64, would not fit.)
+        if isinstance(config.get(key), (int, float)) and not isinstance(config[key], bool) and shrunk_heads:
+            put(key, HEAD_DIM * shrunk_heads / HIDDEN)
     if isinstance(config.get("axial_pos_embds_dim"), list):
         put("axial_pos_embds_dim", [HIDDEN // 2, HIDDEN // 2])
     for key, value in _SPECIAL.get(config.get("model_type"), {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            value = {**config[key], **value}
         put(key, value)
     if _positive_int(config.get("moe_layer_end_index")):
         put("moe_layer_end_index", layers - 1)
@@ -357,6 +396,18 @@ def _shrink_dict(config: dict, layers: int, changes: dict) -> None:
     for key, value in _FIXED.items():
         if _positive_int(config.get(key)):
             put(key, value)
+    for heads_key, dim_key, expand_key in (("n_mamba_heads", "mamba_headdim", "mamba_expand"),
+                                           ("mamba_n_heads", "mamba_d_head", "mamba_expand"),
+                                           ("mamba_num_heads", "mamba_head_dim", "expand")):
+        # Mamba-2 mixers: heads x head size = expand x hidden (Zamba2's 2 fixed heads of 32 would not fill 128)
+        if all(_positive_int(config.get(k)) for k in (heads_key, dim_key, expand_key)):
+            put(heads_key, config[expand_key] * HIDDEN // config[dim_key])
+    if all(_positive_int(config.get(k)) for k in ("num_layers_per_stack", "H_cycles", "L_cycles")):
+        # HRM runs its layer stack in H x (L + 1) cycles, each with cache slots of its own: the config
+        # counts every slot as a hidden layer
+        put("num_hidden_layers", config["num_layers_per_stack"] * config["H_cycles"] * (config["L_cycles"] + 1))
+    if config.get("default_language") is None and isinstance(config.get("languages"), list) and config["languages"]:
+        put("default_language", config["languages"][0])  # X-MOD: the language adapter to run, as a checkpoint sets it
     for key, value in _SOFTCAPS.items():
         if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool) and config[key] > 0:
             put(key, value)

@@ -37,10 +37,57 @@ def test_bidirectional_attention_is_refused(tmp_path):
         build(tiny_roberta(tmp_path, is_decoder=False))
 
 
-def test_head_beyond_the_output_embedding_is_refused(tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"lm_head \(RobertaLMHead\) computes more than its output "
-                                                     r"embedding lm_head\.decoder \(dense, layer_norm"):
-        build(tiny_roberta(tmp_path, is_decoder=True))
+def meta_causal_lm(model_type: str, **config):
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    cfg = AutoConfig.for_model(model_type, **config)
+    with torch.device("meta"):
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)](cfg)
+
+
+@pytest.mark.parametrize(("model_type", "head", "plan"), [
+    ("roberta", "lm_head.decoder", ((), "lm_head", ("decoder",))),  # dense -> gelu -> layer_norm -> decoder
+    ("bert", "cls.predictions.decoder", ((), "cls", ("predictions", "decoder"))),  # nested transform
+    ("electra", "generator_lm_head", (("generator_predictions",), None, ())),  # applied by the causal LM
+    ("modernbert-decoder", "decoder", (("lm_head",), None, ())),  # `self.decoder(self.lm_head(h))`
+    ("bert-generation", "lm_head.decoder", None),  # its head container holds only the output embedding
+])
+def test_head_transforms_run_as_hf_code(model_type, head, plan):
+    """What an encoder-style head computes before its output embedding is planned as HF code for
+    compute_logits (backend/head_transform.py), not refused."""
+    from hfvllm_lab.backend.model import check_head
+
+    got = check_head(meta_causal_lm(model_type, is_decoder=True), head)
+    assert (None if got is None else (got.before, got.container, got.path)) == plan
+
+
+def test_a_head_transform_that_mixes_tokens_is_refused():
+    """vLLM computes logits only for the tokens it samples from: a transform must act on each token alone."""
+    from torch import nn
+
+    from hfvllm_lab.backend.model import check_head
+
+    model = meta_causal_lm("roberta", is_decoder=True)
+    model.lm_head.dense = nn.Conv1d(2, 2, 3, device="meta")
+    with pytest.raises(UnsupportedModelError, match=r"lm_head\.dense \(Conv1d\).*acts on each token alone"):
+        check_head(model, "lm_head.decoder")
+
+
+def test_a_function_applied_before_the_head_is_refused():
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from hfvllm_lab.backend.model import check_logits_postprocessing
+
+    class TanhBeforeHead(LlamaForCausalLM):
+        def forward(self, input_ids=None, **kwargs):
+            hidden_states = self.model(input_ids).last_hidden_state
+            return self.lm_head(torch.tanh(hidden_states))
+
+    with pytest.raises(UnsupportedModelError, match=r"applies more than its head to the hidden states"):
+        check_logits_postprocessing(TanhBeforeHead, "lm_head")
 
 
 def test_non_causal_attention_module_is_refused():
@@ -59,20 +106,23 @@ def test_non_causal_attention_module_is_refused():
         attention_spec("model.layers.0.self_attn", attn, model.config, 0, 1, "hf.model.layers.0.self_attn")
 
 
-@pytest.mark.parametrize(("model_type", "match"), [
-    ("falcon_h1", r"post-processes the logits .*lm_head_multiplier"),
-    ("electra", r"applies more than its head to the hidden states"),
-])
-def test_logit_postprocessing_outside_the_allowlist_is_refused(model_type, match):
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+class _Renormalised:
+    """A causal-LM forward doing to its logits what vLLM's logits processor would not repeat."""
 
+    def forward(self, input_ids):
+        outputs = self.model(input_ids)
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(hidden_states)
+        logits = logits - logits.logsumexp(-1, keepdim=True) * self.temperature_mix
+        return logits
+
+
+def test_logit_postprocessing_outside_the_allowlist_is_refused():
+    """(Falcon-H1's muP `* self.model.lm_head_multiplier` is allowlisted now: a scale vLLM repeats.)"""
     from hfvllm_lab.backend.model import check_logits_postprocessing
 
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.for_model(model_type))]
-    head = "generator_lm_head" if model_type == "electra" else "lm_head"
-    with pytest.raises(UnsupportedModelError, match=match):
-        check_logits_postprocessing(cls, head)
+    with pytest.raises(UnsupportedModelError, match=r"post-processes the logits .*temperature_mix"):
+        check_logits_postprocessing(_Renormalised, "lm_head")
 
 
 CAP = ("cap", "config.final_logit_softcapping")
@@ -126,14 +176,21 @@ def test_compatibility_follows_vllms_rule():
         check_supported(BloomForCausalLM)
 
 
-def test_a_module_keeping_state_outside_attention_is_refused(tmp_path):
+def test_a_module_keeping_state_outside_attention_needs_the_hybrid_class():
     """Zaya's CCA q/k/v projection convolves over earlier tokens through the HF cache: with
-    use_cache=False the prefill is right and every decode step wrong (the coverage sweep saw
-    identical tokens with logprobs 0.44 off). The engine must refuse it, naming the module."""
+    use_cache=False the prefill is right and every decode step wrong (the coverage sweep once saw
+    identical tokens with logprobs 0.44 off). The plain class refuses it, naming the module and the
+    class that gives its state a slot in vLLM's state cache (the Session picks that one itself)."""
+    from transformers import AutoConfig
+
+    from hfvllm_lab.backend.model import check_stateless
+    from hfvllm_lab.backend.state import _meta_model
     from hfvllm_lab.zoo import shrink
 
-    with pytest.raises(UnsupportedModelError, match=r"qkv_proj \(ZayaCCAProjection\) takes the HF cache"):
-        build(shrink.shrunk_path("zaya"))
+    hf = _meta_model(AutoConfig.from_pretrained(shrink.shrunk_path("zaya")), False)
+    with pytest.raises(UnsupportedModelError, match=r"qkv_proj \(ZayaCCAProjection\) takes the HF cache .*"
+                                                    r"HfvllmLabHybridForCausalLM"):
+        check_stateless(hf)
 
 
 def test_llama_layers_only_hand_the_cache_to_attention():
@@ -158,7 +215,7 @@ def test_differential_attention_calling_the_interface_twice_is_refused():
 
 def test_hf_model_is_built_from_transformers_own_config_class():
     """vLLM parses kimi_linear with a config class of its own; transformers' model needs its own
-    (built from vLLM's, it crashed on a missing attribute; from its own it reaches the real refusal)."""
+    (built from vLLM's, it crashed on a missing attribute)."""
     from vllm.transformers_utils.config import get_config
 
     from hfvllm_lab.backend.model import transformers_own_config
@@ -170,8 +227,9 @@ def test_hf_model_is_built_from_transformers_own_config_class():
     ours = transformers_own_config(theirs, directory, {"lab_probe": 7})
     assert type(ours).__module__.startswith("transformers.models.kimi_linear") and ours.lab_probe == 7
     assert transformers_own_config(ours, directory) is ours
-    with pytest.raises(UnsupportedModelError, match=r"KimiLinearDecoderLayer\) takes the HF cache"):
-        build(directory)
+    from hfvllm_lab.backend.state import model_keeps_state
+
+    assert model_keeps_state(directory, theirs, False)  # read through transformers' class, it finds the state
 
 
 def test_config_vllm_cannot_parse_is_refused_before_the_engine():
