@@ -180,14 +180,20 @@ def test_runner_end_to_end_on_the_lab_path(tmp_path):
     assert lab["llama4_text"].verdict == PASS, lab["llama4_text"]
 
 
-def test_runner_passes_the_architectures_fixed_for_coverage(tmp_path):
+def test_runner_passes_the_architectures_fixed_for_coverage():
     """Each would fail if its fix broke: bert-generation's head bias is tied to lm_head.bias and stored
     once (non-zero in the shrunk checkpoint); hyperclovax multiplies its logits by logits_scaling (2.0
     in the shrunk config: dropped, the logprobs move by ~3.5) where Granite divides; gpt2 reshapes the attention output from transformers' 4-D convention and its
     ignore pattern `attn.bias` also matches the real `attn.c_attn.bias`."""
-    from hfvllm_lab.coverage.runner import run_coverage
+    from transformers import AutoConfig
+
+    from hfvllm_lab.coverage.child import hf_reference, run_path
 
     assert shrink.plan("hyperclovax").config["logits_scaling"] == shrink.LOGITS_SCALING == 2.0
-    report = run_coverage(["bert-generation", "hyperclovax", "gpt2"], timeout=120, progress=False, log_dir=tmp_path)
-    lab = {r.model_type: r for r in report.rows}
-    assert {m: r.verdict for m, r in lab.items()} == {"bert-generation": PASS, "hyperclovax": PASS, "gpt2": PASS}, lab
+    verdicts = {}
+    for model_type in ("bert-generation", "hyperclovax", "gpt2"):  # the child's steps, in this process
+        directory = shrink.shrunk_path(model_type)
+        verdicts[model_type] = run_path("lab", directory, AutoConfig.from_pretrained(directory),
+                                        hf_reference(directory))
+    assert {m: v for m, (v, _) in verdicts.items()} == {"bert-generation": PASS, "hyperclovax": PASS,
+                                                      "gpt2": PASS}, verdicts

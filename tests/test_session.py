@@ -122,9 +122,13 @@ def test_profile_leaves_no_hooks_behind(session):
     before = session.engine.apply_model(hooks)[0]
     session.profile(["Hello"], max_tokens=2, warmup=0)
     assert session.engine.apply_model(hooks)[0] == before
-    # only the build's own: the attention probe's forward counter and, on the CPU, the rotary
-    # module's table hook that feeds vLLM's rotary kernel (backend/rope.py)
-    assert len(before[0]) == 2 and "remember_tables" in before[0] and before[1] is False, before
+    # only the build's own: the attention probe's forward counter, on the CPU the rotary module's
+    # table hook that feeds vLLM's rotary kernel (backend/rope.py), and on each vLLM Linear the
+    # pre-hook that hands vLLM's GEMM row-contiguous inputs (backend/replace.py)
+    others = [name for name in before[0] if name != "_rows_contiguous"]
+    assert len(others) == 2 and "remember_tables" in others and before[1] is False, before
+    replicated = sum(r.new_class == "ReplicatedLinear" for r in session.replacements.records)
+    assert 0 < before[0].count("_rows_contiguous") == replicated, before
 
 
 def test_compare_against_itself_reports_zero_difference(session):
