@@ -168,16 +168,15 @@ def test_report_views():
 
 
 def test_runner_end_to_end_on_the_lab_path(tmp_path):
-    """llama passes; gemma4_text (head size per layer: config.head_dim is not even readable) passes;
-    llama4_text (chunked local attention on its rope layers, vLLM's ChunkedLocalAttention) passes."""
+    """llama passes; gemma4_text (head size per layer: config.head_dim is not even readable) passes.
+    (llama4_text's chunked local attention: tests/backend/test_mla_and_heads.py, with chunks it crosses.)"""
     from hfvllm_lab.coverage.runner import run_coverage
 
-    report = run_coverage(["llama", "gemma4_text", "llama4_text"], timeout=120, progress=False, log_dir=tmp_path)
+    report = run_coverage(["llama", "gemma4_text"], timeout=120, progress=False, log_dir=tmp_path)
     lab = {r.model_type: r for r in report.rows}
     assert report.paths == ("lab",) and not report.not_run
     assert lab["llama"].verdict == PASS, lab["llama"]
     assert lab["gemma4_text"].verdict == PASS, lab["gemma4_text"]
-    assert lab["llama4_text"].verdict == PASS, lab["llama4_text"]
 
 
 def test_runner_passes_the_architectures_fixed_for_coverage():
