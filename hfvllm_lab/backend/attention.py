@@ -139,7 +139,7 @@ def dispatches_through_interface(cls: type) -> bool:
 def find_attention_modules(model: nn.Module, num_layers: int,
                            stateful: frozenset[int] = frozenset()) -> dict[int, tuple[str, nn.Module]]:
     """layer index -> (qualified name, module) for every module that dispatches attention; a layer
-    without one must hold a stateful module (`stateful`: its layer indices, backend/state.py)."""
+    without one must hold a stateful module (`stateful`: its layer indices, backend/state/)."""
     found: dict[int, tuple[str, nn.Module]] = {}
     for name, module in model.named_modules():
         if not dispatches_through_interface(type(module)):
@@ -247,7 +247,7 @@ def layer_geometries(config) -> list[tuple[int, int, int]]:
     """`head_geometry` of every decoder layer: configs whose geometry varies per layer (Gemma-4's
     `per_layer_config`) refuse the global attributes, so read each layer's own."""
     if getattr(config, "num_attention_heads", None) is None and getattr(config, "per_layer_config", None) is None:
-        return []  # attention-free (Mamba): no KV heads anywhere; its state is sized by backend/state.py
+        return []  # attention-free (Mamba): no KV heads anywhere; its state is sized by backend/state/
     per_layer = getattr(config, "per_layer_config", None)
     if per_layer is not None:
         try:

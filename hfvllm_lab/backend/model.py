@@ -300,7 +300,7 @@ def check_stateless(hf: nn.Module) -> None:
     """Only attention may keep state across steps in this class (vLLM's paged KV cache holds it). A
     module that takes the HF cache itself — a convolution or recurrence carrying its state between
     tokens — needs the lab's hybrid class, which gives it a slot in vLLM's state cache; the Session
-    picks that class by itself (`backend/state.py`)."""
+    picks that class by itself (`backend/state/`)."""
     from hfvllm_lab.backend.register import ARCH_HYBRID
     from hfvllm_lab.backend.state import find_stateful
 
@@ -581,7 +581,7 @@ class LabForCausalLM(nn.Module):
 class LabHybridForCausalLM(LabForCausalLM):
     """The lab backend for models whose modules keep state between tokens outside attention (Mamba
     mixers, gated delta-nets, short convolutions): each such module runs as HF code with its
-    per-request state in vLLM's state cache (backend/state.py). vLLM reads `is_hybrid` from the
+    per-request state in vLLM's state cache (backend/state/). vLLM reads `is_hybrid` from the
     class, so these models get their own architecture name."""
 
     is_hybrid = True

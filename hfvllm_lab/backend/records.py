@@ -107,7 +107,7 @@ class BuildReport:
     # Build options and where each came from, e.g. {"fusions and CPU kernels": "off (hf_overrides lab_fuse=False)"}
     options: dict[str, str] = field(default_factory=dict)
     weight_updates: list[str] = field(default_factory=list)  # load_weights calls after the first, in order
-    # Stateful modules (backend/state.py): how many, bytes per request, the layout; empty otherwise
+    # Stateful modules (backend/state/): how many, bytes per request, the layout; empty otherwise
     state: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

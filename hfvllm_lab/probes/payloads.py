@@ -39,7 +39,7 @@ class MemoryPayload:
     # Parameter bytes the lab keeps loadable for later load_weights calls beside the copies the
     # device's kernels packed (backend/reload.py); 0 where nothing was repacked or nothing is kept.
     loadable_copy_bytes: int = 0
-    # Stateful modules' per-request state in vLLM's cache pool (backend/state.py): bytes the state
+    # Stateful modules' per-request state in vLLM's cache pool (backend/state/): bytes the state
     # views span over all slots, bytes per request, and the number of stateful modules; 0 otherwise.
     state_cache_bytes: int = 0
     state_bytes_per_request: int = 0

@@ -22,7 +22,7 @@ class MemoryPhase:
     process_bytes: int | None
     source: str
     seconds: float | None = None
-    # stateful modules' per-request states (backend/state.py), inside vLLM's cache pool with the KV
+    # stateful modules' per-request states (backend/state/), inside vLLM's cache pool with the KV
     state_cache_bytes: int | None = None
 
 
