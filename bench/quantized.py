@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
+
+from decode_speed import decode_tok_s  # bench/ is on sys.path when a script here runs
 
 MODELS = ("smollm2-135m", "smollm2-135m-w8a8", "smollm2-135m-w4a16", "smollm2-135m-fp8")
 BACKENDS = ("lab", "native")
 PROMPTS = ["The capital of France is", "Write a haiku about the sea:", "def fibonacci(n):",
            "Photosynthesis is the process", "Once upon a time", "The three laws of motion",
            "A good way to learn a language", "In 1492,"]
-
-
-def decode_tok_s(session, max_tokens: int) -> float:
-    session.generate(PROMPTS[:1], 2)
-    begin = time.perf_counter()
-    out = session.generate(PROMPTS, max_tokens)
-    return sum(len(g.token_ids) for g in out) / (time.perf_counter() - begin)
 
 
 def main() -> None:
@@ -47,7 +41,7 @@ def main() -> None:
                 loaded = s.memory.phase("loaded") or s.memory.phase("kv_cache")
                 params[(model, backend)] = loaded.param_bytes
                 files[model] = sum(p.stat().st_size for p in zoo.path(model).glob("*.safetensors"))
-            speeds[(model, backend)].append(decode_tok_s(s, args.max_tokens))
+            speeds[(model, backend)].append(decode_tok_s(s, PROMPTS, args.max_tokens))
             s.close()
     print(f"greedy decode, batch {len(PROMPTS)} x {args.max_tokens} tokens, median of {args.rounds} alternating rounds")
     print("| checkpoint | checkpoint MiB | lab params MiB | lab tok/s | native tok/s | lab / native |")

@@ -13,21 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
+
+from decode_speed import decode_tok_s  # bench/ is on sys.path when a script here runs
 
 PROMPTS = ["The capital of France is", "Write a haiku about the sea:", "def fibonacci(n):",
            "Photosynthesis is the process"]
 # (backend, LM head dtype, engine dtype): the float32 head, and the whole engine in float32, for both
 SETTINGS = [("lab", None, None), ("lab", "float32", None), ("lab", None, "float32"),
             ("native", None, None), ("native", "float32", None), ("native", None, "float32")]
-
-
-def decode_tok_s(session, max_tokens: int = 64) -> float:
-    session.generate(PROMPTS[:1], 2)
-    begin = time.perf_counter()
-    out = session.generate(PROMPTS, max_tokens)
-    return sum(len(g.token_ids) for g in out) / (time.perf_counter() - begin)
 
 
 def main() -> None:
@@ -50,7 +44,7 @@ def main() -> None:
                 r = s.rollout(PROMPTS, n=args.n, max_tokens=args.max_tokens, trainer_dtype="float32",
                               native_floor=False)
                 mismatch[key] = r.judged
-            speeds[key].append(decode_tok_s(s))
+            speeds[key].append(decode_tok_s(s, PROMPTS, 64))
             s.close()
     print(f"model {args.model}; rollout: {len(PROMPTS)} prompts x n={args.n} x {args.max_tokens} tokens, seed 0, "
           f"temperature 1, trainer transformers float32; decode: batch {len(PROMPTS)} x 64 tokens, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -107,14 +108,19 @@ def build_vllm_linear(linear: nn.Linear, style: str, ctx: ReplaceContext, prefix
 def reads_weight_directly(parent: nn.Module, child_name: str) -> str | None:
     """The expression in the parent's forward that reads `self.<child>.weight`/`.bias` instead of
     calling the child (Jamba's `self.dt_proj.weight @ ...`), or None."""
+    match = re.search(rf"self\.{re.escape(child_name)}\.(weight|bias)\b", _forward_source(type(parent)))
+    return match.group(0) if match else None
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    """A module class's forward source, read once per class ("" where it has none readable)."""
     import inspect
 
     try:
-        source = inspect.getsource(inspect.unwrap(type(parent).forward))
+        return inspect.getsource(inspect.unwrap(cls.forward))
     except (OSError, TypeError):
-        return None
-    match = re.search(rf"self\.{re.escape(child_name)}\.(weight|bias)\b", source)
-    return match.group(0) if match else None
+        return ""
 
 
 def _rows_contiguous(module: nn.Module, args: tuple):

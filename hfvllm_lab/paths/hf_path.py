@@ -66,20 +66,28 @@ class HfPath:
     def _at(self, position: int) -> dict:
         """The decode step's position_ids, as generate() passes them: some models (Bamba) number a
         one-token forward from 0 when given none, even with a cache behind it."""
-        import inspect
-
         import torch
+
+        if not self._passes_positions():
+            return {}
+        return {"position_ids": torch.tensor([[position]], device=self.device)}
+
+    def _passes_positions(self) -> bool:
+        """Decided once per model (decode loops call _at every step): its forward takes position_ids,
+        and its embeddings do not number positions themselves (RoBERTa-style embeddings count from
+        padding_idx + 1 and the cache when given none, as this path's prefill does; 0-based ids would
+        mix numberings)."""
+        import inspect
 
         from hfvllm_lab.backend.positions import numbers_own_positions
 
-        forward = getattr(self.model, "forward", None)
-        if forward is None or "position_ids" not in inspect.signature(forward).parameters:
-            return {}
-        if numbers_own_positions(self.model):
-            # RoBERTa-style embeddings number a forward given no position_ids from padding_idx + 1 and
-            # count the cache, as this path's prefill (given none) does; 0-based ids would mix numberings
-            return {}
-        return {"position_ids": torch.tensor([[position]], device=self.device)}
+        model = self.model
+        if getattr(self, "_positions_for", None) is not model:
+            forward = getattr(model, "forward", None)
+            self._positions_for = model
+            self._positions = (forward is not None and "position_ids" in inspect.signature(forward).parameters
+                               and not numbers_own_positions(model))
+        return self._positions
 
     def decode_along(self, sequences: list[list[int]], prompt_lengths: list[int]) -> list:
         """Decoding as a transformers rollout computes it: the prompt in one forward, then one token at a

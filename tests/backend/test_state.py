@@ -181,6 +181,39 @@ def test_the_attention_view_counts_the_stateful_modules(session):
     assert [r.layer for r in rows] == sorted(r.layer for r in rows)
 
 
+def _forget_state_in_decode(model) -> int:
+    """Defect: decode steps start from an empty HF cache instead of the request's stored state."""
+    from hfvllm_lab.backend.state import STATE_ATTR, fresh_cache
+
+    slots = [getattr(m, STATE_ATTR) for m in model.modules() if hasattr(m, STATE_ATTR)]
+    for slot in slots:
+        object.__setattr__(slot, "_cache_with", lambda states, s=slot: fresh_cache(s.text_config, s.cache_class))
+    return len(slots)
+
+
+def _remember_state_again(model) -> None:
+    from hfvllm_lab.backend.state import STATE_ATTR
+
+    for m in model.modules():
+        if hasattr(m, STATE_ATTR):
+            vars(getattr(m, STATE_ATTR)).pop("_cache_with", None)
+
+
+def test_compare_catches_a_state_lost_between_decode_steps(session):
+    """A state not carried from step to step: the engine's decode steps are judged and fail (this
+    session also prefills long sequences in 16-token chunks, which resume from the state too)."""
+    prompts = ["Hello world", "The quick brown fox"]
+    assert session.engine.apply_model(_forget_state_in_decode, track=False)[0] > 0
+    try:
+        cmp = session.compare(prompts, 8, profile=False, native_floor=False)
+    finally:
+        session.engine.apply_model(_remember_state_again, track=False)
+    assert cmp.verdict.status == "fail", cmp.verdict
+    assert cmp.teacher.decode_verdict.status == "fail", cmp.teacher.decode_verdict
+    clean = session.compare(prompts, 8, profile=False, native_floor=False)
+    assert clean.verdict.status == "pass", clean.verdict  # float32: the strict rule
+
+
 @pytest.mark.parametrize("model_type", ["lfm2_moe", "nemotron_h"])
 def test_short_convolution_and_mamba_hybrids_match_transformers(model_type):  # after the Session's tests
     """LFM2-MoE's short convolutions; Nemotron-H's Mamba-2 mixers beside MLP-only and attention blocks.
