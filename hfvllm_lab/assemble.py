@@ -121,3 +121,32 @@ def bisect_result(prompt: str, vllm_caps: dict, hf_caps: dict, tolerance: float)
             first = name
     note = f"not comparable (missing or differently shaped on the HF path): {', '.join(skipped)}" if skipped else ""
     return BisectResult(prompt, tolerance, rows, first, note)
+
+
+def rank_report(model: str, device: str, backend: str, layout: str, executor: str, before: MemoryFigure,
+                ranks: list[dict], builds: list, trees: list, memories: list, model_class: str,
+                timing=None, notes: list[str] | None = None):
+    """Every rank's answers (in rank order) as one RankReport: a row per rank and its own log and memory."""
+    from dataclasses import replace
+
+    from hfvllm_lab.paths.ranks import rank_label
+    from hfvllm_lab.results.ranks import RankReport, RankRow
+
+    timings = list(timing.ranks) if timing is not None and timing.ranks else []
+    rows, logs, reports = [], [], []
+    for i, (where, build, tree, kv) in enumerate(zip(ranks, builds, trees, memories)):
+        label = rank_label(where)
+        log = replace(replacement_log(model, backend, build, tree, model_class), rank=label)
+        memory = replace(memory_report(model, device, backend, before, build, kv), rank=label)
+        loaded = next((p.param_bytes for p in memory.phases if p.phase == "kv_cache"), kv.param_bytes)
+        actions: dict[str, int] = {}
+        for r in log.records:
+            actions[r.action] = actions.get(r.action, 0) + 1
+        steps = dict(timings[i].step_seconds) if i < len(timings) else {}
+        rows.append(RankRow(where["rank"], where["tensor_rank"], where["tensor_size"], where["pipeline_rank"],
+                            where["pipeline_size"], tuple(build.layers_held) if build and build.layers_held else None,
+                            int(loaded or 0), build.replicated_bytes if build else 0, kv.kv_cache_bytes,
+                            kv.process_bytes, actions, steps))
+        logs.append(log)
+        reports.append(memory)
+    return RankReport(model, backend, layout, executor, rows, logs, reports, timings, list(notes or []))

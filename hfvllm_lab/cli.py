@@ -22,12 +22,15 @@ def compare(args: argparse.Namespace) -> int:
         _write(args, f"hfvllm_lab: {result.model} against {result.reference}", result,
                [(result.plot(), "KL per position and drift per module")])
         return 0
-    with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend, mode=args.mode) as session:
+    with Session(args.model, device=args.device, dtype=args.dtype, backend=args.backend, mode=args.mode,
+                 tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+                 distributed_executor_backend=args.distributed_executor_backend) as session:
         print(f"{session!r}\n", flush=True)
         cmp = session.compare(prompts, max_tokens=args.max_tokens, bisect=args.bisect,
                               native_floor=False if args.no_native_floor else None)
         replacements, memory, attention = session.replacements, session.memory, session.attention
-    print(repr(replacements), repr(memory), repr(attention), repr(cmp), sep="\n\n")
+        ranks = session.ranks if session.settings.layout.world > 1 else None
+    print(repr(replacements), repr(memory), repr(attention), *([repr(ranks)] if ranks else []), repr(cmp), sep="\n\n")
     print(f"\n{cmp.verdict.label}: {cmp.verdict.reason}")
     if args.html:
         from hfvllm_lab.render.report import session_report_html
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="inspect", choices=["inspect", "fast"],
                    help="inspect: eager, per-layer probes; fast: vLLM-compiled, whole-step timing only")
     p.add_argument("--bisect", action="store_true", help="also name the first module whose output differs")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-parallel-size", type=int, default=1)
+    p.add_argument("--distributed-executor-backend", default=None, choices=["mp", "ray"],
+                   help="vLLM's executor for several ranks (default mp)")
     p.add_argument("--no-native-floor", action="store_true",
                    help="in reduced precision, skip vLLM native as a noise floor (transformers' own stays)")
     p.add_argument("--reference", help="another checkpoint with the same tokenizer (the original of a quantized "

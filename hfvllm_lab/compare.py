@@ -106,8 +106,13 @@ def engine_figures(session: "Session", label: str, out: list[Generation], second
     loaded, kv, before = memory.phase("loaded"), memory.phase("kv_cache"), memory.phase("before")
     param_bytes = loaded.param_bytes if loaded is not None else kv.param_bytes
     engine_bytes = kv.process_bytes - before.process_bytes
-    return PathFigures("vllm", label, _rate(out, seconds), _count(out), seconds, param_bytes, engine_bytes,
-                       f"{kv.source} delta")
+    source = f"{kv.source} delta"
+    if session.settings.layout.world > 1:  # worker processes: the whole model's bytes, every worker's memory
+        ranks = session.ranks
+        param_bytes = ranks.model_param_bytes()
+        engine_bytes = sum(r.process_bytes or 0 for r in ranks.rows)
+        source = f"{kv.source} of {len(ranks)} worker processes"
+    return PathFigures("vllm", label, _rate(out, seconds), _count(out), seconds, param_bytes, engine_bytes, source)
 
 
 def run_comparison(session: "Session", prompts: list[str], max_tokens: int, *, bisect: bool, against: str,

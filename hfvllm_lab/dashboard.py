@@ -222,6 +222,7 @@ class Dashboard:
         """Replacements, Memory and Attention of the current session, drawn by the view."""
         s = self.session
         self.view.show_session(s.replacements, s.memory, s.attention)
+        self.view.show_ranks(s.ranks if s.settings.layout.world > 1 else None)
 
     # -- display --------------------------------------------------------------------------
     def _session_card(self) -> str:

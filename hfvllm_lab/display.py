@@ -30,6 +30,7 @@ TEXT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "rollout.Rollout", ""): ("rollout", "rollout_text"),
     (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_text"),
     (_R + "reference.ReferenceComparison", ""): ("reference", "reference_text"),
+    (_R + "ranks.RankReport", ""): ("ranks", "rank_report_text"),
 }
 HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("html", "replacement_log_html"),
@@ -43,6 +44,7 @@ HTML: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "rollout.Rollout", ""): ("rollout", "rollout_html"),
     (_R + "diagnosis.Diagnosis", ""): ("diagnosis", "diagnosis_html"),
     (_R + "reference.ReferenceComparison", ""): ("reference", "reference_html"),
+    (_R + "ranks.RankReport", ""): ("ranks", "rank_report_html"),
 }
 PLOT: dict[tuple[str, str], tuple[str, str]] = {
     (_R + "replacements.ReplacementLog", ""): ("plots", "plot_replacement_counts"),

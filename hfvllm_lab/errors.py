@@ -48,3 +48,7 @@ class InputError(LabError):
 
 class ProbeUnavailableError(LabError):
     """A probe that cannot apply to this backend or model, with the reason."""
+
+
+class EngineSetupError(LabError):
+    """vLLM's engine could not start for a reason of its setup (workers, executor, thread binding), not the model."""

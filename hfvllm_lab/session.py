@@ -60,6 +60,8 @@ class Session:
         max_model_len: int | None = None,
         max_num_seqs: int = 4,
         tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
         seed: int = 0,
         trust_remote_code: bool = False,
         hf_attention: str = "auto",
@@ -71,7 +73,9 @@ class Session:
         # The arguments as given: a rebuild (the dashboard's) starts from them, changing only what it must.
         self.arguments = dict(model=model, device=device, dtype=dtype, attention=attention, backend=backend,
                               max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                              tensor_parallel_size=tensor_parallel_size, seed=seed,
+                              tensor_parallel_size=tensor_parallel_size,
+                              pipeline_parallel_size=pipeline_parallel_size,
+                              distributed_executor_backend=distributed_executor_backend, seed=seed,
                               trust_remote_code=trust_remote_code, hf_attention=hf_attention,
                               engine_args=dict(engine_args or {}), mode=mode, lm_head_dtype=lm_head_dtype)
         self.edits: list = []  # functions given to apply_model(), re-applied whenever the engine is rebuilt
@@ -98,8 +102,14 @@ class Session:
         self.backend = backend
         self.hf_attention = hf_attention
         self.trust_remote_code = trust_remote_code
+        if attention != "vllm" and tensor_parallel_size * pipeline_parallel_size > 1:
+            raise AttentionPathError("HF attention inside the vLLM path needs one rank (tensor_parallel_size=1, "
+                                     "pipeline_parallel_size=1): it scores one prompt with HF's own attention")
         probe_settings = EngineSettings(model_dir=self.model_dir, device=self.device, backend=backend,
-                                        tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
+                                        tensor_parallel_size=tensor_parallel_size,
+                                        pipeline_parallel_size=pipeline_parallel_size,
+                                        distributed_executor_backend=distributed_executor_backend,
+                                        trust_remote_code=trust_remote_code, mode=mode)
         # Everything refusable without an engine is refused here, while an older Session still runs.
         config = preflight(probe_settings)
         self.dtype, self.dtype_reason = choose_dtype(dtype, self.device, checkpoint_dtype(config))
@@ -110,6 +120,7 @@ class Session:
         self.settings = EngineSettings(
             model_dir=self.model_dir, device=self.device, dtype=self.dtype, backend=backend,
             max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size, distributed_executor_backend=distributed_executor_backend,
             seed=seed, trust_remote_code=trust_remote_code, extra=with_head_dtype(engine_args, lm_head_dtype),
             mode=mode,
         )
@@ -145,9 +156,13 @@ class Session:
                     f"(backend {built!r}); the Session refuses to label one as the other")
             for fn in self.edits:  # a rebuilt engine gets the same edits the judged one had
                 self._engine.apply_model(fn, track=False)
-            self._kv_memory = self._engine.rpc("lab_memory")
-            self._build = self._engine.rpc("lab_build_report")
-            self._tree = self._engine.rpc("lab_module_tree")
+            # every rank's (paths/ranks.py orders them); the single-rank views read rank 0's
+            self._rank_where = self._engine.rpc_all("lab_rank")
+            self._rank_memory = self._engine.rpc_all("lab_memory")
+            self._rank_builds = self._engine.rpc_all("lab_build_report")
+            self._rank_trees = self._engine.rpc_all("lab_module_tree")
+            self._kv_memory, self._build, self._tree = self._rank_memory[0], self._rank_builds[0], self._rank_trees[0]
+            self._timing = None
             if self.attention_path != "vllm":
                 self._engine.rpc("lab_set_attention_mode", self.attention_path)
             self._engine.rpc("lab_attention_start")
@@ -208,8 +223,11 @@ class Session:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
+        layout = self.settings.layout if hasattr(self, "settings") else None
+        parallel = (f"tensor_parallel_size={layout.tensor_size}, pipeline_parallel_size={layout.pipeline_size}, "
+                    if layout is not None and layout.world > 1 else "")
         return (f"Session({self.model_name!r}, device={self.device!r}, dtype={self.dtype!r}, "
-                f"backend={self.backend!r}, attention={self.attention_path!r}, mode={self.mode!r}, {state})")
+                f"backend={self.backend!r}, attention={self.attention_path!r}, mode={self.mode!r}, {parallel}{state})")
 
     def _repr_html_(self) -> str:
         from hfvllm_lab.render.html import session_html
@@ -219,11 +237,36 @@ class Session:
     # -- observations ---------------------------------------------------------------------
     @property
     def replacements(self) -> ReplacementLog:
-        return replacement_log(self.model_name, self.backend, self._build, self._tree, self.model_class)
+        """Rank 0's log (under tensor / pipeline parallel every rank's is in `ranks`)."""
+        log = replacement_log(self.model_name, self.backend, self._build, self._tree, self.model_class)
+        return replace(log, rank=self._rank0_label())
 
     @property
     def memory(self) -> MemoryReport:
-        return memory_report(self.model_name, self.device, self.backend, self._before, self._build, self._kv_memory)
+        """Rank 0's memory (under tensor / pipeline parallel every rank's is in `ranks`)."""
+        report = memory_report(self.model_name, self.device, self.backend, self._before, self._build, self._kv_memory)
+        return replace(report, rank=self._rank0_label())
+
+    def _rank0_label(self) -> str:
+        from hfvllm_lab.paths.ranks import rank_label
+
+        label = rank_label(self._rank_where[0])
+        return f"{label}; every rank: session.ranks" if label else ""
+
+    @property
+    def ranks(self):
+        """Every rank of a tensor x pipeline parallel engine side by side (`results.ranks.RankReport`): what
+        each holds (layer slice, shard bytes, records), its memory, and after profile() its step times."""
+        from hfvllm_lab.assemble import rank_report
+
+        layout = self.settings.layout
+        notes = []
+        if layout.tensor_size > 1 and self.backend != "lab":
+            notes.append("bytes held whole by every tensor rank are measured by the lab backend only")
+        executor = self.engine.kwargs.get("distributed_executor_backend") or "in-process"
+        return rank_report(self.model_name, self.device, self.backend, layout.describe(), executor, self._before,
+                           self._rank_where, self._rank_builds, self._rank_trees, self._rank_memory,
+                           self.model_class, self._timing, notes)
 
     @property
     def attention(self) -> AttentionReport:
@@ -271,6 +314,7 @@ class Session:
             self.engine.generate(prompts, max_tokens, prompt_logprobs=False)
         finally:
             data = self.engine.rpc("lab_timing_stop", warmup)
+        self._timing = data  # every rank's timing rides along (`data.ranks`) for `ranks`
         return data
 
     def score_tokens(self, sequences: list[list[int]]) -> list:

@@ -10,6 +10,7 @@ LINEAR, NORM, EMBEDDING, LM_HEAD, ATTENTION, ROTARY, OTHER = (
     "linear", "norm", "embedding", "lm_head", "attention", "rotary", "other",
 )
 EXPERTS = "experts"  # a packed MoE experts module (transformers 5: experts.gate_up_proj / down_proj)
+LAYER = "layer"  # a whole decoder layer (pipeline parallel: held by another rank)
 STATE = "state"  # a module keeping state between tokens outside attention (Mamba mixer, delta-net, short conv)
 # How the attention view names what serves a stateful module: its HF code, its state in vLLM's state cache.
 STATE_BACKEND = "HF+STATE_SLOT"
@@ -18,8 +19,10 @@ STATE_BACKEND = "HF+STATE_SLOT"
 REPLACED, TIED, ROUTED, KEPT = "replaced", "tied", "routed", "kept"
 # "fused": several HF modules merged into one vLLM layer (the record's `fused_from` names them).
 FUSED = "fused"
+# "elsewhere": pipeline parallel, another rank holds the module; a parameter-free placeholder stands here.
+ELSEWHERE = "elsewhere"
 NOT_FUSED = "not fused: "  # how a projection's record reason starts when its group was left unfused
-ACTIONS = (REPLACED, FUSED, TIED, ROUTED, KEPT)
+ACTIONS = (REPLACED, FUSED, TIED, ROUTED, KEPT, ELSEWHERE)
 # A node of the module tree has an action, or is "skipped": not a candidate (containers, activations).
 SKIPPED = "skipped"
 STATUSES = (*ACTIONS, SKIPPED)

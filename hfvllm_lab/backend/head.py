@@ -33,15 +33,20 @@ class HeadPlan:
     """What building the head decided: its record, parameters filled from another checkpoint name, and
     the head's own dtype where it differs from the model's."""
 
-    record: ReplacementRecord
+    record: ReplacementRecord | None  # None on a pipeline rank without the head
     tied_copies: dict[str, str] = field(default_factory=dict)  # checkpoint-side name -> a second parameter
     dtype: torch.dtype | None = None
 
 
 def replace_lm_head(hf: nn.Module, head_name: str, root: str, quant_config, tie: bool,
-                    dtype: torch.dtype | None) -> HeadPlan:
+                    dtype: torch.dtype | None, held: bool = True, embed_elsewhere: bool = False) -> HeadPlan:
+    """The vLLM head in place of HF's. Pipeline parallel: `held` False on ranks before the last (the
+    placeholder's record is the pipeline cut's); `embed_elsewhere` on the last rank when the first holds the
+    input embedding, so a tied head loads its own copy of the embedding's checkpoint tensor."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
+    if not held:
+        return HeadPlan(None, {}, dtype)
     old = hf.get_submodule(head_name)
     copies: dict[str, str] = {}
     # A head bias HF ties to another parameter (BertGeneration's lm_head.decoder.bias is lm_head.bias):
@@ -54,7 +59,13 @@ def replace_lm_head(hf: nn.Module, head_name: str, root: str, quant_config, tie:
     new = ParallelLMHead(old.out_features, old.in_features, bias=old.bias is not None, quant_config=quant_config,
                          prefix=f"{root}.{head_name}", params_dtype=dtype)
     action, reasons = REPLACED, []
-    if tie:
+    if tie and embed_elsewhere:
+        embed = hf.get_input_embeddings()
+        name = next(n for n, m in hf.named_modules() if m is embed)
+        copies[f"{root}.{name}.weight"] = f"{root}.{head_name}.weight"
+        reasons.append("tied in the config; the input embedding is on pipeline rank 0, so this rank loads its own "
+                       "copy of the embedding's tensor")
+    elif tie:
         embed = hf.get_input_embeddings()  # the causal-LM class knows it even where its base does not
         if not isinstance(embed, VocabParallelEmbedding):
             raise UnsupportedModelError(

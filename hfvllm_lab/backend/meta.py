@@ -74,3 +74,24 @@ def materialize(module: nn.Module, device: torch.device, dtype: torch.dtype,
             data = torch.empty(param.shape, dtype=target, device=device)
             setattr(mod, name, nn.Parameter(data, requires_grad=False))
     return kept
+
+
+def replicated_bytes(module: nn.Module) -> int:
+    """Bytes of parameters every tensor-parallel rank holds whole (norms, replicated projections and routers,
+    a row-parallel bias, modules kept as HF code); the rest are shards: vLLM's column / row-parallel linears,
+    its vocab-parallel embedding and head, its fused experts."""
+    from vllm.model_executor.layers.linear import LinearBase, ReplicatedLinear, RowParallelLinear
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    experts = {id(p) for m in module.modules() if type(m).__name__ == "LabFusedExperts" for p in m.parameters()}
+    total = 0
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if p.device == META:
+                continue
+            sharded = (id(p) in experts or isinstance(mod, VocabParallelEmbedding)
+                       or (isinstance(mod, LinearBase) and not isinstance(mod, ReplicatedLinear)
+                           and not (isinstance(mod, RowParallelLinear) and name == "bias")))
+            if not sharded:
+                total += p.numel() * p.element_size()
+    return total

@@ -25,6 +25,7 @@ from hfvllm_lab.backend.quant import RootMapper
 from hfvllm_lab.backend.reload import WeightStash, updates_setting
 from hfvllm_lab.backend.records import (
     ATTENTION,
+    ELSEWHERE,
     ROUTED,
     BuildReport,
     PhaseBytes,
@@ -345,8 +346,6 @@ class LabForCausalLM(nn.Module):
         t0 = self._lab_t0 = time.perf_counter()
         model_config = vllm_config.model_config
         parallel = vllm_config.parallel_config
-        if parallel.pipeline_parallel_size > 1:
-            raise UnsupportedModelError("the lab backend does not support pipeline parallelism")
         self.config = transformers_own_config(model_config.hf_config, model_config.model, model_config.hf_overrides)
         self.text_config = self.config.get_text_config()
         self.tp_size = parallel.tensor_parallel_size
@@ -363,6 +362,7 @@ class LabForCausalLM(nn.Module):
             dtype=str(dtype).removeprefix("torch."),
             tensor_parallel_size=self.tp_size,
         )
+        piece = self._lab_slice = self._pipeline_slice(parallel, vllm_config, report)
         self.lab_report = report
         if vllm_config.quant_config is not None:
             report.options["quantization"] = (f"{vllm_config.quant_config.get_name()} (the checkpoint's "
@@ -398,18 +398,28 @@ class LabForCausalLM(nn.Module):
         self.lab_head_transform = check_head(hf, head_name)  # HF code run in compute_logits, or None
         positions_record = number_positions(hf)  # RoBERTa-style numbering from padding_idx + 1, or None
         logit_steps = check_logits_postprocessing(hf_cls, head_name.split(".")[0])
+        handoff_layers, cut = None, []
+        if piece is not None:  # pipeline parallel: placeholders for what other ranks hold, before any vLLM layer
+            from hfvllm_lab.backend.pipeline import cut_pipeline, stage_layers
+
+            stage = stage_layers(base, self.text_config, hf_cls)
+            cut = cut_pipeline(hf, base, hf.base_model_prefix if base is not hf else "", stage, piece,
+                               head_name, self.text_config.hidden_size, dtype)
+            handoff_layers = base.get_submodule(stage.layers_name)
         plan = dict(getattr(self.text_config, "base_model_tp_plan", None) or {})
         ctx = ReplaceContext(vllm_config.quant_config, self.tp_size, plan, frozenset({head_name}), self.text_config)
         ctx.fuse, fuse_source = fusion_setting(self.config)  # fusion hook (backend/fuse.py)
         report.options["fusions and CPU kernels"] = f"{'on' if ctx.fuse else 'off'} ({fuse_source})"
         ctx.device_type = device.type
-        report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix)
+        report.records = replace_modules(hf, "", ctx, vllm_prefix=ROOT, base_prefix=hf.base_model_prefix) + cut
         self.lab_fused_shards = ctx.fusion.shards if ctx.fusion is not None else {}  # fusion hook
         head = replace_lm_head(hf, head_name, ROOT, vllm_config.quant_config, self._tie_word_embeddings(),
-                               head_dtype_setting(model_config.head_dtype, dtype))
+                               head_dtype_setting(model_config.head_dtype, dtype),
+                               held=piece is None or piece.last, embed_elsewhere=piece is not None and not piece.first)
         self.lab_tied_copies = head.tied_copies  # a checkpoint name -> a second parameter it also fills
         self.lab_head_dtype = head.dtype
-        report.records += [head.record, *(self.lab_head_transform.records(hf) if self.lab_head_transform else []),
+        report.records += [*([head.record] if head.record else []),
+                           *(self.lab_head_transform.records(hf) if self.lab_head_transform else []),
                            *([positions_record] if positions_record else [])]
         if head.dtype is not None:
             report.options["LM head dtype"] = f"{str(head.dtype).removeprefix('torch.')} (hf_overrides {HEAD_FLAG})"
@@ -435,16 +445,52 @@ class LabForCausalLM(nn.Module):
         report.options["weight updates after load"] = (
             f"{'on' if self._lab_keep_loadable else 'off'} ({source})")
         self.lab_attention_mode = "vllm"
+        self._lab_handoff = None
+        if piece is not None:
+            from hfvllm_lab.backend.pipeline import StageHandoff
+
+            self._lab_handoff = StageHandoff(handoff_layers, piece)
+            self.lab_elsewhere = tuple(f"{ROOT}.{r.name}." for r in report.records if r.action == ELSEWHERE)
         # compiled-mode hook (backend/compiled.py): vLLM compiles this stack when enforce_eager=False
         object.__setattr__(self, "_lab_stack", build_compiled_stack(vllm_config, base))
         self.lab_compiled = self._lab_stack is not None
+
+    def _pipeline_slice(self, parallel, vllm_config, report: BuildReport):
+        """This rank's slice of decoder layers under pipeline parallel (None without it); the rank in the report."""
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        report.tensor_rank = get_tensor_model_parallel_rank()
+        if parallel.pipeline_parallel_size <= 1:
+            return None
+        from hfvllm_lab.backend.pipeline import check_pipeline, current_slice
+
+        check_pipeline(self.text_config, parallel.pipeline_parallel_size, type(self).__name__)
+        from vllm.config import CompilationMode
+
+        if vllm_config.compilation_config.mode != CompilationMode.NONE:
+            raise UnsupportedModelError("pipeline parallel runs the lab backend eagerly: its compiled stack hands no "
+                                        "hidden states between ranks (use mode='inspect')")
+        piece = current_slice(self.text_config.num_hidden_layers)
+        report.pipeline_parallel_size, report.pipeline_rank = piece.size, piece.rank
+        report.layers_held = (piece.start, piece.end)
+        report.options["pipeline parallel"] = (f"{piece.describe()} (transformers' pipeline plan); embedding on rank 0, "
+                                               f"final norm and LM head on rank {piece.size - 1}")
+        return piece
+
+    # vLLM's pipeline-parallel interface (SupportsPP): the class says so; the tensors one rank hands the next
+    supports_pp = True
+
+    def make_empty_intermediate_tensors(self, batch_size: int, dtype: torch.dtype, device: torch.device):
+        from hfvllm_lab.backend.pipeline import empty_intermediate
+
+        return empty_intermediate(self.text_config.hidden_size)(batch_size, dtype, device)
 
     def set_attention_mode(self, mode: str) -> None:
         """"vllm" (paged KV), or HF's "sdpa" / "eager" for single-sequence prompt scoring."""
         if mode not in ("vllm", "sdpa", "eager"):
             raise AttentionPathError(f"unknown attention {mode!r}: choose vllm, sdpa or eager")
-        if mode != "vllm" and self.tp_size > 1:
-            raise AttentionPathError("HF attention inside the vLLM path needs tensor-parallel size 1")
+        if mode != "vllm" and (self.tp_size > 1 or self._lab_slice is not None):
+            raise AttentionPathError("HF attention inside the vLLM path needs tensor- and pipeline-parallel size 1")
         if mode == "sdpa" and any(s.logits_soft_cap for s in self.lab_report.attention):
             raise AttentionPathError("sdpa would silently drop this model's attention logit soft-capping; use eager")
         if mode == "sdpa" and any(s.sinks for s in self.lab_report.attention):
@@ -476,6 +522,8 @@ class LabForCausalLM(nn.Module):
             types = getattr(self.text_config, "layer_types", None) or []
             stateful |= {i for i, t in enumerate(types) if isinstance(t, str) and "attention" not in t
                          and t not in ("hybrid", "hybrid_sliding")}
+        if self._lab_slice is not None:  # layers other pipeline ranks hold have no attention here
+            stateful |= {i for i in range(num_layers) if not self._lab_slice.holds(i)}
         for idx, (name, module) in sorted(find_attention_modules(hf, num_layers, stateful).items()):
             spec = attention_spec(name, module, self.text_config, idx, self.tp_size, f"{ROOT}.{name}")
             attn = build_vllm_attention(spec, vllm_config.cache_config, vllm_config.quant_config)
@@ -528,6 +576,9 @@ class LabForCausalLM(nn.Module):
             check_single_sequence(positions, self.lab_attention_mode)
         if self._lab_stack is not None and self.lab_attention_mode == "vllm":  # compiled-mode hook
             return self._lab_stack(input_ids, positions, intermediate_tensors, inputs_embeds)
+        if self._lab_handoff is not None:  # pipeline parallel (backend/pipeline.py)
+            return self._lab_handoff.run(lambda: run_flat(self.base, input_ids, positions, inputs_embeds),
+                                         intermediate_tensors)
         return run_flat(self.base, input_ids, positions, inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
@@ -554,6 +605,10 @@ class LabForCausalLM(nn.Module):
         self.lab_report.loaded_weights = len(outcome.loaded)
         self.lab_report.ignored_weights = outcome.ignored
         real, meta = parameter_bytes(self)
+        if self.tp_size > 1:
+            from hfvllm_lab.backend.meta import replicated_bytes
+
+            self.lab_report.replicated_bytes = replicated_bytes(self)
         figure = memory_figure(str(self.lab_report.device))
         self.lab_report.phases.append(
             PhaseBytes("loaded", real, meta, buffer_bytes(self), time.perf_counter() - self._lab_t0,

@@ -8,10 +8,12 @@ from typing import Any
 # Module kinds and actions are defined once, in hfvllm_lab.vocab; re-exported here for the backend.
 from hfvllm_lab.vocab import (  # noqa: F401
     ATTENTION,
+    ELSEWHERE,
     EMBEDDING,
     EXPERTS,
     FUSED,
     KEPT,
+    LAYER,
     LINEAR,
     LM_HEAD,
     NORM,
@@ -96,6 +98,12 @@ class BuildReport:
     device: str
     dtype: str
     tensor_parallel_size: int = 1
+    # Where this rank sits: tensor rank, pipeline rank of the pipeline size, decoder layers held [start, end)
+    tensor_rank: int = 0
+    pipeline_parallel_size: int = 1
+    pipeline_rank: int = 0
+    layers_held: tuple[int, int] | None = None
+    replicated_bytes: int = 0  # of the loaded parameters, those every tensor rank holds whole (backend/meta.py)
     records: list[ReplacementRecord] = field(default_factory=list)
     attention: list[AttentionLayerSpec] = field(default_factory=list)
     phases: list[PhaseBytes] = field(default_factory=list)
@@ -117,6 +125,11 @@ class BuildReport:
             "device": self.device,
             "dtype": self.dtype,
             "tensor_parallel_size": self.tensor_parallel_size,
+            "tensor_rank": self.tensor_rank,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "pipeline_rank": self.pipeline_rank,
+            "layers_held": list(self.layers_held) if self.layers_held else None,
+            "replicated_bytes": self.replicated_bytes,
             "records": [r.to_dict() for r in self.records],
             "attention": [a.to_dict() for a in self.attention],
             "phases": [p.to_dict() for p in self.phases],
@@ -133,6 +146,7 @@ class BuildReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BuildReport":
         report = cls(**{k: v for k, v in data.items() if k not in ("records", "attention", "phases")})
+        report.layers_held = tuple(report.layers_held) if report.layers_held else None
         report.records = [ReplacementRecord(**{**r, "shape": tuple(r["shape"]),
                                                  "fused_from": tuple(r.get("fused_from", ()))})
                           for r in data["records"]]

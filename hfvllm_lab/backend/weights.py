@@ -213,6 +213,8 @@ def load_checked(
     # Names a module loads itself although they are not its parameters (packed MoE experts).
     accepted = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() for n in getattr(mod, "lab_accepts", ())}
     copies: dict[str, str] = getattr(model, "lab_tied_copies", None) or {}
+    # pipeline parallel: modules another rank holds (backend/pipeline.py) load nothing here
+    elsewhere: tuple[str, ...] = getattr(model, "lab_elsewhere", None) or ()
 
     sliced: set[str] = set()  # packed expert parameters updated one expert at a time
     streamed: set[str] = set()  # parameter names the stream has filled so far
@@ -228,6 +230,11 @@ def load_checked(
                 continue
             known = target is not None and (target in params or target in buffers or target in accepted
                                             or target in shards)
+            if elsewhere and target is not None and target.startswith(elsewhere):
+                ignored.append(name)
+                if target in copies:  # a tied head's copy of the first rank's embedding
+                    yield copies[target], tensor
+                continue
             if names.ignorable(name, known):
                 ignored.append(name)
                 continue

@@ -3,7 +3,6 @@ decode positions, the Session's own arms (computed once), child engines, and how
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -174,14 +173,4 @@ def bands(truth: list, rows: list, targets: list[list[int]]) -> dict[str, float]
     return outside_band_shares(ratios)
 
 
-def cpu_split(parts: int) -> str | None:
-    """VLLM_CPU_OMP_THREADS_BIND for `parts` CPU workers: the allowed cores split into contiguous lists."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if len(cores) < parts:
-        return None
-    size = len(cores) // parts
-    groups = [cores[i * size:(i + 1) * size] for i in range(parts)]
-    return "|".join(",".join(map(str, g)) for g in groups)
-
-
-__all__ = ["Shared", "TRUTH", "bands", "cpu_split"]
+__all__ = ["Shared", "TRUTH", "bands"]

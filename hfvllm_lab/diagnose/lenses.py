@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from hfvllm_lab.diagnose.context import Shared, arm_failure, cpu_split
+from hfvllm_lab.diagnose.context import Shared, arm_failure
 from hfvllm_lab.paths.hf_scoring import continuation_rows, decode_step_rows
 from hfvllm_lab.noise import kl_per_position
 from hfvllm_lab.results.diagnosis import ArmResult, LensResult
@@ -211,9 +211,6 @@ def tensor_parallel(shared: Shared) -> LensResult:
     lens = LensResult("tensor parallel", "one device vs tensor parallel 2 (vLLM's multiprocessing executor)")
     if session.settings.tensor_parallel_size != 1:
         return unavailable(lens.name, lens.factor, "this Session already runs tensor parallel")
-    bind = cpu_split(2) if session.device.startswith("cpu") else None
-    if session.device.startswith("cpu") and bind is None:
-        return unavailable(lens.name, lens.factor, "tensor parallel 2 on the CPU needs at least two allowed cores")
     try:
         from hfvllm_lab.paths.vllm_path import preflight
 
@@ -221,9 +218,9 @@ def tensor_parallel(shared: Shared) -> LensResult:
     except Exception as exc:  # noqa: BLE001 - the refusal's reason is the lens' reason
         return unavailable(lens.name, lens.factor, f"tensor parallel 2 refused: {exc}")
     lens.arms.append(shared.session_judged("1 device", "batch"))
-    env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind else None
+    # the child's engine splits the allowed cores between its two CPU workers itself (paths/cpu_binding.py)
     lens.arms.append(shared.child_judged("tensor parallel 2", "tensor_parallel_size=2", tensor_parallel_size=2,
-                                         extra={"distributed_executor_backend": "mp"}, env=env))
+                                         distributed_executor_backend="mp"))
     return finish(lens)
 
 

@@ -17,6 +17,8 @@ SESSION_OWNED = {
     "max_model_len": "Session(max_model_len=...)",
     "max_num_seqs": "Session(max_num_seqs=...)",
     "tensor_parallel_size": "Session(tensor_parallel_size=...)",
+    "pipeline_parallel_size": "Session(pipeline_parallel_size=...)",
+    "distributed_executor_backend": "Session(distributed_executor_backend=...)",
     "seed": "Session(seed=...)",
     "trust_remote_code": "Session(trust_remote_code=...)",
 }

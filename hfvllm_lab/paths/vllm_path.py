@@ -29,10 +29,18 @@ class EngineSettings:
     max_model_len: int = 256
     max_num_seqs: int = 4
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "mp" | "ray"; None: vLLM's choice ("mp" for several ranks)
     seed: int = 0
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     mode: str = "inspect"  # "inspect": eager, probes on; "fast": vLLM-compiled, whole-step timing only
+
+    @property
+    def layout(self):
+        from hfvllm_lab.paths.ranks import RankLayout
+
+        return RankLayout(self.tensor_parallel_size, self.pipeline_parallel_size)
 
 
 def kv_cache_bytes(config, settings: EngineSettings) -> int:
@@ -119,6 +127,7 @@ def engine_kwargs(settings: EngineSettings) -> MergedArgs:
         # compiled graphs skip. fast: vLLM compiles the model (the lab's stack opts in).
         enforce_eager=settings.mode != "fast",
         tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
         # Probes run inside the workers, reached through collective_rpc.
         worker_extension_cls=EXTENSION,
         # Off so every prompt is really prefilled: cached prefixes would hide prefill work from
@@ -129,6 +138,8 @@ def engine_kwargs(settings: EngineSettings) -> MergedArgs:
         # Sampling-step distributions and forced decoding (probes/decode.py), on every backend.
         logits_processors=[DECODE_PROBE],
     )
+    if settings.layout.world > 1:  # several ranks: worker processes on vLLM's multiprocessing or Ray executor
+        kwargs["distributed_executor_backend"] = settings.distributed_executor_backend or "mp"
     # On every device: without it the CPU backend reserves ~90% of RAM and GPUs a fixed share of
     # the card, leaving no room for the HF path a notebook compares against.
     kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(config, settings)
@@ -172,12 +183,18 @@ def preflight(settings: EngineSettings):
         check_supported(hf_causal_lm_class(config, settings.trust_remote_code))
         check_config(text)
         check_tensor_parallel(text, settings.tensor_parallel_size)
-        if settings.tensor_parallel_size > 1:
+        if settings.pipeline_parallel_size > 1:
+            from hfvllm_lab.backend.pipeline import check_pipeline
+
+            check_pipeline(text, settings.pipeline_parallel_size,
+                           hf_causal_lm_class(config, settings.trust_remote_code).__name__)
+        if settings.layout.world > 1:
             from hfvllm_lab.backend.state import model_keeps_state, refuse_tensor_parallel
 
             if model_keeps_state(settings.model_dir, config, settings.trust_remote_code):
                 refuse_tensor_parallel(settings.model_dir, config, settings.trust_remote_code,
-                                       settings.tensor_parallel_size)
+                                       settings.tensor_parallel_size, settings.pipeline_parallel_size)
+    check_parallel_setup(settings)
     if settings.device.startswith("cpu"):
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
@@ -191,6 +208,28 @@ def preflight(settings: EngineSettings):
                     f"{', '.join(map(str, supported))})"
                 )
     return config
+
+
+EXECUTORS = ("mp", "ray")
+
+
+def check_parallel_setup(settings: EngineSettings) -> None:
+    """Sizes, executor and mode that can run together, refused before any engine starts."""
+    layout = settings.layout
+    if settings.tensor_parallel_size < 1 or settings.pipeline_parallel_size < 1:
+        raise InputError("tensor_parallel_size and pipeline_parallel_size must be >= 1")
+    executor = settings.distributed_executor_backend
+    if executor is not None and executor not in EXECUTORS:
+        raise InputError(f"distributed_executor_backend={executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from hfvllm_lab.paths.ray_cluster import check_ray
+
+        check_ray()
+    if layout.pipeline_size > 1 and settings.mode == "fast":
+        raise InputError("pipeline_parallel_size > 1 runs eagerly (mode='inspect'): the lab's compiled stack hands no "
+                         "hidden states between ranks")
+    if layout.pipeline_size > 1 and settings.backend == "transformers":
+        pass  # vLLM's built-in Transformers backend supports pipeline parallel itself
 
 
 def _check_vllm_reads_config(settings: EngineSettings) -> None:
@@ -247,17 +286,33 @@ class VllmPath:
         merged = engine_kwargs(settings)
         self.kwargs, self.arg_notes = merged.kwargs, merged.notes
         self.untracked_calls = 0  # apply_model calls made directly on this engine (maybe edits)
+        self.layout = settings.layout
+        from hfvllm_lab.paths.cpu_binding import bound_threads, plan_binding
+
+        binding = plan_binding(self.layout.world, settings.device)
+        if binding.note:
+            self.arg_notes = [*self.arg_notes, binding.note]
+        if self.layout.world > 1 and self.kwargs.get("distributed_executor_backend") == "ray":
+            from hfvllm_lab.paths.ray_cluster import cluster_note
+
+            self.arg_notes = [*self.arg_notes, cluster_note()]
         try:
-            self.llm = LLM(**self.kwargs)
+            with bound_threads(binding):
+                self.llm = LLM(**self.kwargs)
         except Exception as exc:
             gc.collect()
             lab = lab_error_in(exc)
             if lab is not None:
                 raise type(lab)(str(lab)) from exc
-            raise UnsupportedModelError(
-                f"vLLM could not build {settings.model_dir.name} with the {settings.backend} backend: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            from hfvllm_lab.paths.start_failure import start_failure
+
+            raise start_failure(exc, settings) from exc
+        if self.layout.pipeline_size > 1:
+            allocated = self.llm.collective_rpc("lab_pipeline_buffers")
+            if any(allocated):
+                self.arg_notes = [*self.arg_notes, (
+                    "pipeline buffers allocated by the lab on ranks after the first: vLLM's CPU runner allocates them "
+                    "in a warm-up run it skips for an eager engine with an explicit KV cache size")]
 
     @property
     def closed(self) -> bool:
@@ -271,9 +326,17 @@ class VllmPath:
         return self.llm.apply_model(fn)
 
     def rpc(self, method: str, *args) -> Any:
-        """Call a probe method of the worker extension; rank 0's answer."""
+        """Call a probe method of the worker extension on every rank; one answer (paths/ranks.py): the
+        last pipeline stage's for probes of the logits, the stages' merged for probes each stage answers
+        for its own layers, rank 0's otherwise."""
+        from hfvllm_lab.paths.ranks import merge_answers
+
+        return merge_answers(method, self.rpc_all(method, *args), self.layout)
+
+    def rpc_all(self, method: str, *args) -> list:
+        """Every rank's answer, in rank order (rank = pipeline rank x tensor size + tensor rank)."""
         try:
-            return self.llm.collective_rpc(method, args=args)[0]
+            return self.llm.collective_rpc(method, args=args)
         except Exception as exc:
             lab = lab_error_in(exc)
             if lab is not None and lab is not exc:

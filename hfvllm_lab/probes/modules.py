@@ -9,6 +9,10 @@ from torch import nn
 from hfvllm_lab.backend.norms import looks_like_norm
 
 
+# Stand-ins for modules another pipeline rank holds (the lab's, vLLM's own): nothing to observe here.
+PLACEHOLDERS = frozenset({"LabMissingLayer", "LabMissingEmbedding", "PPMissingLayer"})
+
+
 @dataclass(frozen=True)
 class ObservedModule:
     name: str  # display name, with the backend's wrapper prefix removed (HF-style)
@@ -39,6 +43,8 @@ def observed_modules(model: nn.Module, num_layers: int, strip: str = "") -> list
     out: list[ObservedModule] = []
 
     def add(name: str, kind: str, layer: int | None, module: nn.Module) -> None:
+        if type(module).__name__ in PLACEHOLDERS:
+            return  # pipeline parallel: another rank runs this module
         out.append(ObservedModule(display_name(name, strip), kind, layer, module))
 
     prefix = f"{parent_name}." if parent_name else ""

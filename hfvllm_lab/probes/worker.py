@@ -13,6 +13,7 @@ import torch
 
 from hfvllm_lab.backend.records import BuildReport
 from hfvllm_lab.device import memory_figure
+from hfvllm_lab.paths.ranks import rank_label
 from hfvllm_lab.probes.capture import HiddenCapture
 from hfvllm_lab.probes.modules import observed_modules
 from hfvllm_lab.probes.payloads import AttentionCountsPayload, AttentionLayerPayload, MemoryPayload
@@ -22,6 +23,7 @@ from hfvllm_lab.results.replacements import ModuleNode
 from hfvllm_lab.results.timing import LayerTiming
 
 EXTENSION = "hfvllm_lab.probes.worker.LabWorkerExtension"
+
 
 
 class LabWorkerExtension:
@@ -85,6 +87,27 @@ class LabWorkerExtension:
                              state_cache_bytes=sum(v.numel() * v.element_size() for s in slots for v in s.kv_cache),
                              state_bytes_per_request=sum(s.layout.bytes_per_request for s in slots),
                              state_modules=len(slots))
+
+    def lab_rank(self) -> dict:
+        """Where this worker sits: global rank, tensor and pipeline rank and sizes."""
+        from vllm.distributed import get_pp_group, get_tp_group
+
+        tp, pp = get_tp_group(), get_pp_group()
+        return {"rank": tp.rank, "tensor_rank": tp.rank_in_group, "tensor_size": tp.world_size,
+                "pipeline_rank": pp.rank_in_group, "pipeline_size": pp.world_size}
+
+    def lab_pipeline_buffers(self) -> bool:
+        """Allocate the buffers a pipeline rank after the first receives hidden states in. vLLM's CPU
+        runner allocates them during its warm-up run, which it skips for an eager engine with an explicit
+        KV size (the lab's); without them the first step fails. True where this call allocated them."""
+        from vllm.distributed import get_pp_group
+
+        runner = self.model_runner
+        if get_pp_group().is_first_rank or getattr(runner, "intermediate_tensors", None) is not None:
+            return False
+        runner.intermediate_tensors = runner.model.make_empty_intermediate_tensors(
+            batch_size=runner.max_num_tokens, dtype=runner.model_config.dtype, device=runner.device)
+        return True
 
     # -- attention -----------------------------------------------------------------------
     def lab_attention_start(self) -> None:
@@ -177,8 +200,12 @@ class LabWorkerExtension:
         # (the model's own __call__ and compute_logits stay outside it) and the LM head only.
         compiled = self._lab_compiled()
         modules = [m for m in self._lab_observed() if m.kind == "lm_head"] if compiled else self._lab_observed()
+        from vllm.distributed import get_pp_group
+
+        # a step ends with the logits on the last pipeline stage; before it, with the model's forward
+        owner = model if get_pp_group().is_last_rank else None
         self._lab_timing = TimingProbe(model, modules, self._lab_device(), vllm_step_phase,
-                                       logits_owner=model, mode="fast" if compiled else "inspect").attach()
+                                       logits_owner=owner, mode="fast" if compiled else "inspect").attach()
 
     def _lab_compiled(self) -> bool:
         from vllm.config import CompilationMode
@@ -191,7 +218,9 @@ class LabWorkerExtension:
             return None
         self._lab_timing = None
         probe.detach()
-        return probe.result("vllm", warmup_steps)
+        from dataclasses import replace
+
+        return replace(probe.result("vllm", warmup_steps), rank=rank_label(self.lab_rank()))
 
     # -- hidden states -------------------------------------------------------------------
     def lab_capture_start(self) -> None:

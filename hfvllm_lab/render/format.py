@@ -9,7 +9,8 @@ from hfvllm_lab.vocab import ACTIONS, NESTED_KINDS, NOT_FUSED, STATUSES, STEP_PH
 # Replacement-tree statuses and record actions (records have no "skipped"), in display order.
 STATUS_ORDER = STATUSES
 ACTION_ORDER = ACTIONS
-STATUS_MARKERS = {"replaced": "[R]", "fused": "[F]", "tied": "[T]", "routed": "[A]", "kept": "[K]", "skipped": "[ ]"}
+STATUS_MARKERS = {"replaced": "[R]", "fused": "[F]", "tied": "[T]", "routed": "[A]", "kept": "[K]", "elsewhere": "[P]",
+                  "skipped": "[ ]"}
 # (foreground, background) per status; also used for bar colours in plots.
 STATUS_COLORS = {
     "replaced": ("#1b5e20", "#c8e6c9"),
@@ -17,11 +18,18 @@ STATUS_COLORS = {
     "tied": ("#0d47a1", "#bbdefb"),
     "routed": ("#4a148c", "#e1bee7"),
     "kept": ("#bf360c", "#ffe0b2"),
+    "elsewhere": ("#37474f", "#cfd8dc"),
     "skipped": ("#616161", "#eeeeee"),
 }
 UNKNOWN_COLOR = ("#000000", "#fff59d")
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB")
+
+
+def _on_rank(result) -> str:
+    """", rank 1 (tp 1/2, pp 0/2)" in a title when the result describes one rank of several."""
+    rank = getattr(result, "rank", "")
+    return f", {rank}" if rank else ""
 
 
 def status_marker(status: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from html import escape
 
 from hfvllm_lab.render.format import (
+    _on_rank,
     TEACHER_ALIGN,
     TEACHER_HEADERS,
     part_verdicts,
@@ -160,7 +161,7 @@ def replacement_log_html(log) -> str:
     if log.tree:
         body.append(f'<details class="hvl-tree" open><summary>Module tree ({len(log.tree)} modules)</summary>'
                     f"{_legend()}{tree_html(log.tree)}</details>")
-    return _wrap("replacements", f"ReplacementLog: {log.model} ({log.backend} backend)", body)
+    return _wrap("replacements", f"ReplacementLog: {log.model} ({log.backend} backend){_on_rank(log)}", body)
 
 
 def memory_html(report) -> str:
@@ -178,7 +179,7 @@ def memory_html(report) -> str:
                f"meta saving: {fmt_bytes(report.meta_saving_bytes)}")]
     if report.note:
         body.append(_p(f"note: {report.note}", "hvl-note"))
-    return _wrap("memory", f"MemoryReport: {report.model} on {report.device} ({report.backend} backend)", body)
+    return _wrap("memory", f"MemoryReport: {report.model} on {report.device} ({report.backend} backend){_on_rank(report)}", body)
 
 
 def attention_html(report) -> str:
@@ -211,7 +212,7 @@ def timing_html(timing) -> str:
                     f"{fmt_seconds(overhead)} per step ({fmt_pct(overhead, step)})")]
     if not timing_phases(timing):
         body.append(_p("no timed steps"))
-    return _wrap("timing", f"LayerTiming: {timing.path} path on {timing.device}", body)
+    return _wrap("timing", f"LayerTiming: {timing.path} path on {timing.device}{_on_rank(timing)}", body)
 
 
 def bisect_html(bisect) -> str:
@@ -295,6 +296,9 @@ def session_html(session) -> str:
               ("attention", "attention_path"),
               ("HF attention", "hf_attention")]
     rows = [[label, fmt_opt(getattr(session, attr, None))] for label, attr in fields]
+    settings = getattr(session, "settings", None)
+    if settings is not None and settings.layout.world > 1:
+        rows.append(["parallel", settings.layout.describe()])
     rows += [["engine argument", note] for note in getattr(session, "engine_notes", None) or []]
     state = (_badge("closed", "hvl-fail", FAIL_BADGE) if closed else _badge("open", "hvl-ok", OK_BADGE))
     body = [table(["", ""], rows, css_class="hvl-session-fields"), f'<div style="margin:2px 0">state: {state}</div>',

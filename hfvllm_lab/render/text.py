@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hfvllm_lab.render.format import (
+    _on_rank,
     TEACHER_ALIGN,
     TEACHER_HEADERS,
     part_verdicts,
@@ -46,7 +47,7 @@ def _title(text: str) -> list[str]:
 
 def replacement_log_text(log) -> str:
     """Header, candidates per original class by action, then the kept records with their reasons."""
-    lines = _title(f"ReplacementLog: {log.model} ({log.backend} backend)")
+    lines = _title(f"ReplacementLog: {log.model} ({log.backend} backend){_on_rank(log)}")
     lines.append(f"HF class: {log.hf_class}")
     if log.model_class:
         lines.append(f"built by vLLM: {log.model_class}")
@@ -109,7 +110,7 @@ def replacement_tree_text(log) -> str:
 
 def memory_text(report) -> str:
     """Phases with human-readable bytes, each figure labelled with its source."""
-    lines = _title(f"MemoryReport: {report.model} on {report.device} ({report.backend} backend)")
+    lines = _title(f"MemoryReport: {report.model} on {report.device} ({report.backend} backend){_on_rank(report)}")
     if report.phases:
         rows = [[p.phase, fmt_bytes(p.param_bytes), fmt_bytes(p.meta_bytes), fmt_bytes(p.kv_cache_bytes),
                  fmt_bytes(p.process_bytes), fmt_opt(p.source), fmt_seconds(p.seconds)] for p in report.phases]
@@ -165,7 +166,7 @@ def attention_text(report) -> str:
 
 def timing_text(timing) -> str:
     """Per phase: steps, mean step time, per-module table with share of the step, overhead."""
-    lines = _title(f"LayerTiming: {timing.path} path on {timing.device}")
+    lines = _title(f"LayerTiming: {timing.path} path on {timing.device}{_on_rank(timing)}")
     lines.append(f"timer: {timing.timer}; warmup steps excluded: {timing.warmup_steps}")
     phases = timing_phases(timing)
     if not phases:

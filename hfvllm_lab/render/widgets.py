@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 TAB_TITLES = ("Replacements", "Memory", "Attention", "Timing", "Parity", "Diagnose")
 PHASES = STEP_PHASES
 ALL_CLASSES = "(all classes)"
+ALL_RANKS = "(the session's views: rank 0, stages merged where they can be)"
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px"
 
 
@@ -116,6 +117,7 @@ class DashboardView:
 
     def __init__(self, choices: ControlChoices) -> None:
         self.log: ReplacementLog | None = None  # the log shown
+        self.session_views = None  # (log, memory, attention) last handed to show_session
         self.shown_counts: dict[str, dict[str, int]] = {}
         self.run_results = RunResults()  # what the Timing and Parity tabs show
         self.report_error: Callable[[BaseException], None] = self.show_error
@@ -123,13 +125,19 @@ class DashboardView:
         self._lenses = tuple(choices.lenses)
         self._build_controls(choices)
         self._build_tabs()
+        self.rank_report = None  # a RankReport under tensor / pipeline parallel, else None
+        self.rank_choice = w.Dropdown(options=[(ALL_RANKS, -1)], value=-1, description="rank",
+                                      style={"description_width": "50px"},
+                                      layout=w.Layout(width="360px", display="none"))
         self.widget = _DashboardBox(children=[
             w.HTML('<div style="font-weight:700;font-size:14px">hfvllm_lab dashboard</div>'),
-            self.controls, w.HBox([self.run_button, self.progress, self.status]), self.error, self.tabs,
+            self.controls, w.HBox([self.run_button, self.progress, self.status]), self.error, self.rank_choice,
+            self.tabs,
         ])
         self.widget._view = self
         self.class_filter.observe(self._on_filter, names="value")
         self.phase.observe(self._on_phase, names="value")
+        self.rank_choice.observe(self._on_rank, names="value")
         self.show_placeholders()
 
     # -- construction -------------------------------------------------------------------
@@ -169,6 +177,7 @@ class DashboardView:
         # Memory, Attention
         self.memory_plot = w.HTML()
         self.memory_html = w.HTML()
+        self.ranks_html = w.HTML()  # every rank side by side (tensor / pipeline parallel)
         self.attention_message = w.HTML()
         self.attention_html = w.HTML()
         # Timing
@@ -191,7 +200,7 @@ class DashboardView:
         self.tab_children = {
             "Replacements": w.VBox([self.replacements_plot, self.counts_html, self.class_filter, self.records_html,
                                     self.replacements_html]),
-            "Memory": w.VBox([self.memory_plot, self.memory_html]),
+            "Memory": w.VBox([self.memory_plot, self.memory_html, self.ranks_html]),
             "Attention": w.VBox([self.attention_message, self.attention_html]),
             "Timing": w.VBox([self.phase, self.timing_plot, self.timing_html]),
             "Parity": w.VBox([self.parity_html]),
@@ -246,11 +255,41 @@ class DashboardView:
     # -- drawing ------------------------------------------------------------------------
     def show_session(self, log: ReplacementLog, memory: MemoryReport, attention: AttentionReport) -> None:
         """The Replacements, Memory and Attention tabs."""
+        self.session_views = (log, memory, attention)
         self.draw_replacements(log)
         self.memory_plot.value = _img(memory.plot(), "memory by phase")
         self.memory_html.value = memory._repr_html_()
         self.attention_html.value = attention._repr_html_()
         self.attention_message.value = ""
+
+    def show_ranks(self, report) -> None:
+        """The rank selector (shown under tensor / pipeline parallel) and every rank side by side; choosing a
+        rank redraws the Replacements, Memory and Timing tabs with that rank's own views."""
+        self.rank_report = report
+        ranks = report.rows if report is not None else []
+        with self.rank_choice.hold_trait_notifications():
+            self.rank_choice.options = [(ALL_RANKS, -1)] + [(r.label, i) for i, r in enumerate(ranks)]
+            self.rank_choice.value = -1
+        self.rank_choice.layout.display = "" if len(ranks) > 1 else "none"
+        self.ranks_html.value = report._repr_html_() if report is not None and len(ranks) > 1 else ""
+
+    def draw_rank(self, index: int) -> None:
+        """One rank's replacement log, memory and (after a run) timing; -1: the session's own views."""
+        report = self.rank_report
+        if report is None or index < 0 or index >= len(report.rows):
+            if self.session_views is not None:
+                self.show_session(*self.session_views)
+            return
+        self.draw_replacements(report.replacements[index])
+        self.memory_plot.value = _img(report.memory[index].plot(), f"memory by phase, {report.rows[index].label}")
+        self.memory_html.value = report.memory[index]._repr_html_()
+        timing = self.run_results.timing
+        if timing is not None and index < len(timing.ranks):
+            self.timing_html.value = (f"<details open><summary>vLLM per-module profile, {escape(report.rows[index].label)}"
+                                      f"</summary>{timing.ranks[index]._repr_html_()}</details>")
+
+    def _on_rank(self, change) -> None:
+        self._redraw(lambda: self.draw_rank(change["new"]))
 
     def draw_replacements(self, log: ReplacementLog) -> None:
         self.log = log

@@ -34,6 +34,7 @@ class MemoryReport(Shown):
     phases: list[MemoryPhase] = field(default_factory=list)
     eager_param_bytes: int | None = None  # what a non-meta initialization would have allocated
     note: str = ""
+    rank: str = ""  # under tensor / pipeline parallel: the rank this describes ("" for one rank)
 
     def phase(self, name: str) -> MemoryPhase | None:
         return next((p for p in self.phases if p.phase == name), None)
@@ -52,7 +53,8 @@ class MemoryReport(Shown):
     def to_dict(self) -> dict[str, Any]:
         return plain({"model": self.model, "device": self.device, "backend": self.backend,
                       "phases": self.phases, "eager_param_bytes": self.eager_param_bytes,
-                      "meta_saving_bytes": self.meta_saving_bytes, "note": self.note})
+                      "meta_saving_bytes": self.meta_saving_bytes, "note": self.note,
+                      "rank": self.rank})
 
     def plot(self, ax=None):
         from hfvllm_lab import display

@@ -37,6 +37,7 @@ class ReplacementLog(Shown):
     note: str = ""  # how the log was obtained, e.g. observed from classes for other backends
     model_class: str = ""  # the class vLLM actually built, e.g. "hfvllm_lab.backend.model.LabForCausalLM"
     options: dict[str, str] = field(default_factory=dict)  # build options and where each came from
+    rank: str = ""  # under tensor / pipeline parallel: the rank this describes ("" for one rank)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """original class -> {action: count} over the records."""
@@ -58,7 +59,7 @@ class ReplacementLog(Shown):
     def to_dict(self) -> dict[str, Any]:
         return plain({"model": self.model, "backend": self.backend, "hf_class": self.hf_class,
                       "records": self.records, "tree": self.tree, "note": self.note,
-                      "model_class": self.model_class, "options": self.options})
+                      "model_class": self.model_class, "options": self.options, "rank": self.rank})
 
     def tree_text(self) -> str:
         from hfvllm_lab import display

@@ -35,6 +35,9 @@ class LayerTiming(Shown):
     hooks_per_step: dict[str, int] = field(default_factory=dict)
     probe_seconds_per_hook: float = 0.0  # measured cost of one start/stop pair of the probe
     mode: str = "inspect"  # "inspect": eager, per module; "fast": vLLM-compiled, whole steps (+ LM head) only
+    rank: str = ""  # under tensor / pipeline parallel: which rank measured this ("" for one rank)
+    # Under parallelism: every rank's own timing (the rows above merge the pipeline stages')
+    ranks: list["LayerTiming"] = field(default_factory=list)
 
     def phase_rows(self, phase: str, kinds: tuple[str, ...] | None = None) -> list[ModuleTime]:
         return [r for r in self.rows if r.phase == phase and (kinds is None or r.kind in kinds)]
@@ -62,7 +65,7 @@ class LayerTiming(Shown):
         return plain({"path": self.path, "device": self.device, "timer": self.timer, "rows": self.rows,
                       "steps": self.steps, "step_seconds": self.step_seconds, "warmup_steps": self.warmup_steps,
                       "hooks_per_step": self.hooks_per_step, "probe_seconds_per_hook": self.probe_seconds_per_hook,
-                      "mode": self.mode})
+                      "mode": self.mode, "rank": self.rank, "ranks": [r.to_dict() for r in self.ranks]})
 
     def plot(self, phase: str | None = None, ax=None):
         from hfvllm_lab import display

@@ -37,6 +37,8 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
         ("model.layers.0.mlp.down_proj", 4, "LoraLinear", "LoraLinear", "kept", 8192, reason),
         ("model.layers.0.mlp.act_fn", 4, "SiLUActivation", "SiLUActivation", "skipped", 0, ""),
         ("model.layers.0.input_layernorm", 3, "RMSNorm", "LlamaRMSNorm", "replaced", 64, "rms, width 64"),
+        ("model.layers.1", 2, "LabMissingLayer", "LlamaDecoderLayer", "elsewhere", 0,
+         "decoder layer 1 is held by pipeline rank 1"),
         ("model.norm", 1, "RMSNorm", "LlamaRMSNorm", "replaced", 64, "rms, width 64"),
         ("model.rotary_emb", 1, "LlamaRotaryEmbedding", "LlamaRotaryEmbedding", "kept", 0, ROTARY_REASON),
         ("lm_head", 0, "ParallelLMHead", "Linear", "tied", 16384, "tied to model.embed_tokens"),
@@ -58,6 +60,8 @@ def replacement_log(model: str = "zoo/tiny-llama", reason: str = SUBCLASS_REASON
                           reason),
         ReplacementRecord("model.layers.0.input_layernorm", "norm", "replaced", "LlamaRMSNorm", "RMSNorm",
                           (64,), 64, "rms, width 64"),
+        ReplacementRecord("model.layers.1", "layer", "elsewhere", "LlamaDecoderLayer", "LabMissingLayer", (), 24576,
+                          "decoder layer 1 is held by pipeline rank 1"),
         ReplacementRecord("model.norm", "norm", "replaced", "LlamaRMSNorm", "RMSNorm", (64,), 64, "rms, width 64"),
         ReplacementRecord("model.rotary_emb", "rotary", "kept", "LlamaRotaryEmbedding", None, (), 0, ROTARY_REASON),
         ReplacementRecord("lm_head", "lm_head", "tied", "Linear", "ParallelLMHead", (256, 64), 16384,
@@ -199,3 +203,23 @@ def teacher_forced(ratio: float = 0.9, decode_ratio: float | None = None):
                                          "rule", f"KL mean at {decode_ratio}x the floor")
         teacher.verdict = worse_of([("prefill", teacher.prefill_verdict), ("decode", teacher.decode_verdict)])
     return teacher
+
+
+def rank_report():
+    """Two pipeline stages of two tensor ranks: each rank's row, log and memory, and timing per rank."""
+    from dataclasses import replace
+
+    from hfvllm_lab.results.ranks import RankReport, RankRow
+
+    rows, logs, memories, timings = [], [], [], []
+    for rank in range(4):
+        tp, pp = rank % 2, rank // 2
+        row = RankRow(rank, tp, 2, pp, 2, (2 * pp, 2 * pp + 2), 205824 + 256 * pp, 1024 + 256 * pp, 12 << 20,
+                      588 << 20, {"replaced": 9 + pp, "fused": 4, "routed": 2, "kept": 1, "elsewhere": 4 - pp},
+                      {"prefill": 0.003 + 0.001 * pp, "decode": 0.002})
+        rows.append(row)
+        logs.append(replace(replacement_log(), rank=row.label))
+        memories.append(replace(memory_report(), rank=row.label))
+        timings.append(replace(layer_timing(), rank=row.label))
+    return RankReport("zoo/tiny-llama", "lab", "tensor parallel 2 x pipeline parallel 2 (4 ranks)", "mp", rows, logs,
+                      memories, timings, ["a note"])

@@ -153,3 +153,15 @@ def test_generation_html_lists_steps_and_escapes_the_prompt():
     assert "hvl-generation" in html and html.count("<tr") == 3  # header + two steps
     frame = gen.to_frame()
     assert list(frame["token"]) == [5, 6] and list(frame["logprob"]) == [-0.25, -1.5]
+
+
+def test_rank_report_puts_the_ranks_side_by_side():
+    report = fixtures.rank_report()
+    c = parse(report._repr_html_())
+    assert len(c.with_class("hvl-rank")) == 4 and c.with_class("hvl-rank-columns") and c.with_class("hvl-ranks")
+    assert all(row.label in report._repr_html_() for row in report.rows)
+    frame = report.to_frame()
+    assert list(frame["rank"]) == [0, 1, 2, 3] and list(frame["layers"]) == ["0-1", "0-1", "2-3", "2-3"]
+    # shards of all four ranks plus each stage's whole-held bytes once
+    assert report.model_param_bytes() == sum(r.param_bytes - r.replicated_bytes for r in report.rows) + 1024 + 1280
+    assert report.to_dict()["rows"][3]["label"] == "rank 3 (tp 1/2, pp 1/2)"

@@ -26,9 +26,10 @@ def test_replacement_counts_stack_by_action():
     fig = plots.plot_replacement_counts(log)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
-    classes, actions = len(log.counts()), 5  # replaced, fused, tied, routed, kept all present
+    classes, actions = len(log.counts()), 6  # replaced, fused, tied, routed, kept, elsewhere all present
     assert len(ax.containers) == actions and bars(ax) == classes * actions
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["replaced", "fused", "tied", "routed", "kept"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["replaced", "fused", "tied", "routed", "kept",
+                                                                        "elsewhere"]
     assert log.plot() is not None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hfvllm_lab.render import format as fmt
-from hfvllm_lab.render import text
+from hfvllm_lab.render import ranks, text
 from hfvllm_lab.results.attention import AttentionReport
 from hfvllm_lab.results.comparison import Comparison
 from hfvllm_lab.results.memory import MemoryReport
@@ -25,6 +25,7 @@ CASES = {
     "attention": lambda: text.attention_text(fixtures.attention_report()),
     "timing": lambda: text.timing_text(fixtures.layer_timing()),
     "comparison": lambda: text.comparison_text(fixtures.comparison()),
+    "rank_report": lambda: ranks.rank_report_text(fixtures.rank_report()),
 }
 
 

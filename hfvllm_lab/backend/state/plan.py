@@ -97,19 +97,23 @@ def state_copy_funcs() -> tuple:
     return tuple(get_temporal_copy_spec for _ in (layout.tensors if layout else ()))
 
 
-def _tensor_parallel_reason(name: str, module: nn.Module, tp_size: int) -> str:
+def _tensor_parallel_reason(name: str, module: nn.Module, tp_size: int, pp_size: int = 1) -> str:
+    if pp_size > 1:
+        return (f"{name} ({type(module).__name__}) keeps state between tokens and runs as HF code with its state "
+                "in one slot per request; the lab does not split stateful models across pipeline ranks "
+                f"(pipeline_parallel_size={pp_size}): use 1")
     return (f"{name} ({type(module).__name__}) keeps state between tokens and runs as HF code, whole, with its "
             "state in one slot per request; the lab does not split a stateful module's projections or its state "
             f"across tensor-parallel ranks (tensor_parallel_size={tp_size}): use 1")
 
 
-def refuse_tensor_parallel(model_dir, config, trust_remote_code: bool, tp_size: int) -> None:
+def refuse_tensor_parallel(model_dir, config, trust_remote_code: bool, tp_size: int, pp_size: int = 1) -> None:
     """Raised before any engine starts (preflight), naming the first stateful module."""
     from hfvllm_lab.backend.model import transformers_own_config
 
     hf = _meta_model(transformers_own_config(config, str(model_dir)), trust_remote_code)
     name, module, _ = find_stateful(hf)[0]
-    raise UnsupportedModelError(_tensor_parallel_reason(name, module, tp_size))
+    raise UnsupportedModelError(_tensor_parallel_reason(name, module, tp_size, pp_size))
 
 
 def _meta_model(config, trust_remote_code: bool) -> nn.Module:
