@@ -144,7 +144,8 @@ def rank_report(model: str, device: str, backend: str, layout: str, executor: st
             actions[r.action] = actions.get(r.action, 0) + 1
         steps = dict(timings[i].step_seconds) if i < len(timings) else {}
         rows.append(RankRow(where["rank"], where["tensor_rank"], where["tensor_size"], where["pipeline_rank"],
-                            where["pipeline_size"], tuple(build.layers_held) if build and build.layers_held else None,
+                            where["pipeline_size"], tuple(build.layers_held) if build and build.layers_held
+                            else where.get("layers"),
                             int(loaded or 0), build.replicated_bytes if build else 0, kv.kv_cache_bytes,
                             kv.process_bytes, actions, steps))
         logs.append(log)

@@ -261,8 +261,11 @@ class Session:
 
         layout = self.settings.layout
         notes = []
-        if layout.tensor_size > 1 and self.backend != "lab":
-            notes.append("bytes held whole by every tensor rank are measured by the lab backend only")
+        if layout.world > 1 and self.backend != "lab":
+            repack = ("parameter bytes of this backend count what stays a Parameter after vLLM's CPU kernels repack "
+                      "the linear weights; " if self.device.startswith("cpu") else "")
+            notes.append(f"{repack}bytes held whole by every tensor rank are measured by the lab backend only, so the "
+                         "whole-model figure is not the one-device total")
         executor = self.engine.kwargs.get("distributed_executor_backend") or "in-process"
         return rank_report(self.model_name, self.device, self.backend, layout.describe(), executor, self._before,
                            self._rank_where, self._rank_builds, self._rank_trees, self._rank_memory,

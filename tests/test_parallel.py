@@ -79,7 +79,10 @@ def test_a_parallel_session_compares_and_shows_every_rank(name, tp, pp):
             assert [set(rank) for rank in shards] == [{(2, 0, 32)}, {(2, 1, 32)}]
 
         profiled = tp == 2 and pp == 2
-        cmp = session.compare(PROMPTS, max_tokens=6, profile=profiled, bisect=pp == 2)
+        if name == "llama" and profiled:  # this one through the dashboard's Run, as a notebook user would
+            cmp = run_in_dashboard(session)
+        else:
+            cmp = session.compare(PROMPTS, max_tokens=6, profile=profiled, bisect=pp == 2)
         assert cmp.ok, repr(cmp)
         if pp == 2:  # hidden states captured from the rank that ran each module, every decoder layer among them
             compared = {row.module for row in cmp.bisect.rows}
@@ -97,23 +100,29 @@ def test_a_parallel_session_compares_and_shows_every_rank(name, tp, pp):
         session.close()
 
 
-def test_the_dashboard_selects_a_rank():
+def run_in_dashboard(session):
+    """Run (compare with bisect, profile) from a dashboard over the Session, then pick rank 3 in its selector:
+    the Replacements, Memory and Timing tabs show that rank's own views."""
     from hfvllm_lab.dashboard import Dashboard
 
-    session = start("llama", 2, 2)
     dash = Dashboard(session=session)
-    try:
-        view = dash.view
-        assert view.rank_choice.layout.display != "none" and len(view.rank_choice.options) == 5
-        assert view.ranks_html.value.count('class="hvl-rank"') == 4
-        view.rank_choice.value = 3
-        assert "rank 3 (tp 1/2, pp 1/2)" in view.replacements_html.value
-        assert "rank 3 (tp 1/2, pp 1/2)" in view.memory_html.value
-        assert "elsewhere" in view.records_html.value  # layers 0-1 and the embedding are rank 0's and 1's
-        view.rank_choice.value = -1
-        assert "rank 3" not in view.memory_html.value
-    finally:
-        session.close()
+    view = dash.view
+    assert view.rank_choice.layout.display != "none" and len(view.rank_choice.options) == 5
+    assert view.ranks_html.value.count('class="hvl-rank"') == 4
+    view.prompts.value = "\n".join(PROMPTS)
+    view.max_tokens.value = 6
+    dash.run_button.click()
+    assert dash.last_error is None, view.error.value
+    assert dash.session is session  # the controls still describe it: no rebuild
+    view.rank_choice.value = 3
+    label = "rank 3 (tp 1/2, pp 1/2)"
+    assert label in view.replacements_html.value and label in view.memory_html.value
+    assert "elsewhere" in view.records_html.value and "this rank" in view.records_html.value  # shards of 2 ranks
+    assert label in view.timing_html.value and "model.layers.3" in view.timing_html.value
+    assert "model.layers.0 " not in view.timing_html.value.replace("<", " ")
+    view.rank_choice.value = -1
+    assert "rank 3" not in view.memory_html.value
+    return dash.comparison
 
 
 def test_unsupported_splits_are_refused_up_front_and_the_older_session_keeps_serving(tmp_path):

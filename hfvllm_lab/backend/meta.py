@@ -95,3 +95,24 @@ def replicated_bytes(module: nn.Module) -> int:
             if not sharded:
                 total += p.numel() * p.element_size()
     return total
+
+
+SHARDED_WEIGHTS = ("weight", "weight_packed", "qweight", "w13_weight")
+
+
+def with_shard_shapes(root: nn.Module, records: list) -> list:
+    """Records of modules whose weight this tensor-parallel rank holds only part of, with that part's shape."""
+    from dataclasses import replace
+
+    out = []
+    for record in records:
+        try:
+            module = root.get_submodule(record.name)
+        except AttributeError:
+            out.append(record)
+            continue
+        weight = next((p for n, p in module.named_parameters() if n.rsplit(".", 1)[-1] in SHARDED_WEIGHTS), None)
+        shape = tuple(weight.shape) if weight is not None else ()
+        split = bool(shape and record.shape) and shape != tuple(record.shape)
+        out.append(replace(record, shard_shape=shape) if split else record)
+    return out

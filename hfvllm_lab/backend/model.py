@@ -429,6 +429,10 @@ class LabForCausalLM(nn.Module):
         keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
         keep_fp32 += (f"{ROOT}.{head_name}.",) if head.dtype is not None else ()
         report.kept_fp32 = materialize(self, device, dtype, keep_fp32)
+        if self.tp_size > 1:  # this rank's part of each split weight, beside the HF shape
+            from hfvllm_lab.backend.meta import with_shard_shapes
+
+            report.records = with_shard_shapes(hf, report.records)
         self._attach_sinks()
         phase("materialized", self)
 

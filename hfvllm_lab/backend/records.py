@@ -39,6 +39,7 @@ class ReplacementRecord:
     parameters: int = 0
     reason: str = ""
     fused_from: tuple[str, ...] = ()  # action "fused": the HF modules merged into this vLLM layer
+    shard_shape: tuple[int, ...] = ()  # tensor parallel: this rank's part of the weight, where it is split
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +149,8 @@ class BuildReport:
         report = cls(**{k: v for k, v in data.items() if k not in ("records", "attention", "phases")})
         report.layers_held = tuple(report.layers_held) if report.layers_held else None
         report.records = [ReplacementRecord(**{**r, "shape": tuple(r["shape"]),
-                                                 "fused_from": tuple(r.get("fused_from", ()))})
+                                                 "fused_from": tuple(r.get("fused_from", ())),
+                                                 "shard_shape": tuple(r.get("shard_shape", ()))})
                           for r in data["records"]]
         report.attention = [AttentionLayerSpec(**a) for a in data["attention"]]
         report.phases = [PhaseBytes(**p) for p in data["phases"]]

@@ -92,9 +92,14 @@ class LabWorkerExtension:
         """Where this worker sits: global rank, tensor and pipeline rank and sizes."""
         from vllm.distributed import get_pp_group, get_tp_group
 
+        from vllm.distributed.utils import get_pp_indices
+
         tp, pp = get_tp_group(), get_pp_group()
+        # the decoder layers vLLM's partition gives this pipeline stage (every backend's model follows it)
+        layers = get_pp_indices(self._lab_num_layers(), pp.rank_in_group, pp.world_size) if pp.world_size > 1 else None
         return {"rank": tp.rank, "tensor_rank": tp.rank_in_group, "tensor_size": tp.world_size,
-                "pipeline_rank": pp.rank_in_group, "pipeline_size": pp.world_size}
+                "pipeline_rank": pp.rank_in_group, "pipeline_size": pp.world_size,
+                "layers": tuple(layers) if layers else None}
 
     def lab_pipeline_buffers(self) -> bool:
         """Allocate the buffers a pipeline rank after the first receives hidden states in. vLLM's CPU

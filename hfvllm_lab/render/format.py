@@ -32,6 +32,21 @@ def _on_rank(result) -> str:
     return f", {rank}" if rank else ""
 
 
+SHARD_ROWS = 12  # split weights listed in a log before "... N more"
+
+
+def shard_rows(log) -> tuple[str, list[list[str]]]:
+    """(heading, rows) of the records whose weight this tensor-parallel rank holds part of: module, HF shape,
+    this rank's part; ("", []) where nothing is split."""
+    split = [r for r in log.records if getattr(r, "shard_shape", ())]
+    if not split:
+        return "", []
+    rows = [[r.name, "x".join(map(str, r.shape)), "x".join(map(str, r.shard_shape))] for r in split[:SHARD_ROWS]]
+    if len(split) > SHARD_ROWS:
+        rows.append([f"... {len(split) - SHARD_ROWS} more", "", ""])
+    return f"Split by tensor parallel ({len(split)}): this rank's part of each weight", rows
+
+
 def status_marker(status: str) -> str:
     return STATUS_MARKERS.get(status, "[?]")
 

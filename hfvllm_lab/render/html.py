@@ -13,6 +13,7 @@ from html import escape
 
 from hfvllm_lab.render.format import (
     _on_rank,
+    shard_rows,
     TEACHER_ALIGN,
     TEACHER_HEADERS,
     part_verdicts,
@@ -156,6 +157,10 @@ def replacement_log_html(log) -> str:
         if unfused:
             body.append(_p(not_fused_heading(unfused)))
             body.append(table(["reason", "modules", "first"], unfused, align="lrl", css_class="hvl-not-fused"))
+        heading, shards = shard_rows(log)
+        if shards:
+            body.append(_p(heading))
+            body.append(table(["module", "HF shape", "this rank"], shards, align="lrr", css_class="hvl-shards"))
     else:
         body.append(_p("no replacement candidates recorded"))
     if log.tree:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hfvllm_lab.render.format import (
     _on_rank,
+    shard_rows,
     TEACHER_ALIGN,
     TEACHER_HEADERS,
     part_verdicts,
@@ -79,6 +80,9 @@ def replacement_log_text(log) -> str:
         lines.append("")
         lines.append(not_fused_heading(unfused))
         lines.append(text_table(["reason", "modules", "first"], unfused, align="lrl"))
+    heading, shards = shard_rows(log)
+    if shards:
+        lines += ["", heading, text_table(["module", "HF shape", "this rank"], shards, align="lrr")]
     lines.append(RULE)
     return "\n".join(lines)
 

@@ -52,6 +52,13 @@ def _img(fig, alt: str) -> str:
         fig.clear()
 
 
+def _shape(record) -> str:
+    """"64x64", or under tensor parallel "64x64 (this rank 32x64)"."""
+    shape = "x".join(map(str, record.shape)) or "-"
+    shard = getattr(record, "shard_shape", ())
+    return f"{shape} (this rank {'x'.join(map(str, shard))})" if shard else shape
+
+
 def _options(values, current) -> list[str]:
     values = list(values)
     if current is not None and current not in values:
@@ -315,7 +322,7 @@ class DashboardView:
         chosen = self.class_filter.value
         records = [r for r in self.log.records if chosen == ALL_CLASSES or r.original_class == chosen]
         rows = [[r.name, r.kind, status_badge(r.action), r.original_class, fmt_opt(r.new_class),
-                 "x".join(map(str, r.shape)) or "-", fmt_count(r.parameters), r.reason] for r in records]
+                 _shape(r), fmt_count(r.parameters), r.reason] for r in records]
         self.records_html.value = (
             _note(f"{len(records)} of {len(self.log.records)} records ({chosen})")
             + table(["module", "kind", "action", "original class", "new class", "shape", "params", "reason"],
