@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/speed.py --json build/bench.json $(BENCH_ARGS)
 	$(PY) bench/quantized.py
 	$(PY) bench/hybrid.py
+	$(PY) bench/parallel.py
 
 # JupyterLab on the project's environment: registers .venv as the kernel "$(KERNEL)" (for any Jupyter
 # on this machine) and starts JupyterLab from .venv in notebooks/.

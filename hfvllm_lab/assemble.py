@@ -137,7 +137,7 @@ def rank_report(model: str, device: str, backend: str, layout: str, executor: st
     for i, (where, build, tree, kv) in enumerate(zip(ranks, builds, trees, memories)):
         label = rank_label(where)
         log = replace(replacement_log(model, backend, build, tree, model_class), rank=label)
-        memory = replace(memory_report(model, device, backend, before, build, kv), rank=label)
+        memory = replace(memory_report(model, device, backend, worker_before(build, before), build, kv), rank=label)
         loaded = next((p.param_bytes for p in memory.phases if p.phase == "kv_cache"), kv.param_bytes)
         actions: dict[str, int] = {}
         for r in log.records:
@@ -147,7 +147,16 @@ def rank_report(model: str, device: str, backend: str, layout: str, executor: st
                             where["pipeline_size"], tuple(build.layers_held) if build and build.layers_held
                             else where.get("layers"),
                             int(loaded or 0), build.replicated_bytes if build else 0, kv.kv_cache_bytes,
-                            kv.process_bytes, actions, steps))
+                            kv.process_bytes, actions, steps, build.tied_copy_bytes if build else 0))
         logs.append(log)
         reports.append(memory)
     return RankReport(model, backend, layout, executor, rows, logs, reports, timings, list(notes or []))
+
+
+def worker_before(build: BuildReport | None, fallback: MemoryFigure) -> MemoryFigure:
+    """The memory a worker process held before the model was built (the lab backend records it), so its later
+    phases are measured against its own process; `fallback` (the Session's process) where nothing was recorded."""
+    first = next((p for p in (build.phases if build is not None else []) if p.phase == "before"), None)
+    if first is None or not first.process_bytes:
+        return fallback
+    return MemoryFigure(first.process_bytes, first.source)

@@ -181,7 +181,9 @@ class Session:
             self._start_engine()
 
     def apply_model(self, fn) -> list:
-        """Run `fn(model)` on the model inside the engine (one answer per rank) and keep `fn`: it is
+        """Run `fn(model)` on the model inside the engine (one answer per rank, in rank order; under pipeline
+        parallel a rank holds placeholders for the layers other ranks hold, so an edit aimed at one layer
+        must skip ranks without it) and keep `fn`: it is
         applied again whenever the Session rebuilds its engine (compare()'s sequential residency),
         so an edit such as an injected defect stays in what is judged. Edit through forward wrappers
         or norm weights: vLLM's CPU linear kernels prepack weights at load time, so writing a Linear's
@@ -194,10 +196,10 @@ class Session:
         """Push (name, tensor) pairs into the engine's model, as an RL trainer syncs its weights: the
         first load is done, so any subset loads (the lab backend: single shards of fused layers, single
         experts). Kept as an edit (re-applied after a rebuild); the prefix cache is reset."""
-        weights = list(weights)
-        loaded = self.apply_model(lambda model: model.load_weights(iter(weights)))[0]
+        per_rank = self.apply_model(LoadWeights(list(weights)))
         self.engine.llm.reset_prefix_cache()
-        return loaded
+        # every rank loads what it holds (pipeline parallel: its stage's layers; the rest it skips)
+        return set().union(*per_rank)
 
     @property
     def engine(self) -> VllmPath:
@@ -244,7 +246,12 @@ class Session:
     @property
     def memory(self) -> MemoryReport:
         """Rank 0's memory (under tensor / pipeline parallel every rank's is in `ranks`)."""
-        report = memory_report(self.model_name, self.device, self.backend, self._before, self._build, self._kv_memory)
+        before = self._before
+        if self.settings.layout.world > 1:  # rank 0 lives in a worker process: its own reading before the build
+            from hfvllm_lab.assemble import worker_before
+
+            before = worker_before(self._build, before)
+        report = memory_report(self.model_name, self.device, self.backend, before, self._build, self._kv_memory)
         return replace(report, rank=self._rank0_label())
 
     def _rank0_label(self) -> str:
@@ -454,6 +461,20 @@ class Session:
         from hfvllm_lab.dashboard import Dashboard
 
         return Dashboard(session=self).widget
+
+
+class LoadWeights:
+    """`model.load_weights` with a bucket of (name, tensor) pairs, as an edit: a module-level class, so vLLM's
+    multiprocessing executor can pickle it to every worker (it refuses lambdas)."""
+
+    def __init__(self, weights: list) -> None:
+        self.weights = weights
+
+    def __call__(self, model):
+        return model.load_weights(iter(self.weights))
+
+    def __repr__(self) -> str:
+        return f"LoadWeights({len(self.weights)} tensors)"
 
 
 __all__ = ["Session", "DEFAULT_PROMPTS"]

@@ -17,7 +17,9 @@ from tests.conftest import hf_parameter_bytes
 
 PROMPTS = ["Hello world", "The quick brown fox"]
 CONFIGS = [("llama", 2, 1), ("llama", 1, 2), ("llama", 2, 2), ("qwen2-moe", 2, 1), ("qwen2-moe", 1, 2),
-           ("qwen2-moe", 2, 2)]
+           ("qwen2-moe", 2, 2),
+           # a head tied to the embedding (the last rank loads its own copy) and embeddings scaled after lookup
+           ("gemma", 1, 2)]
 
 
 def one_device_bytes(name: str) -> int:
@@ -68,14 +70,24 @@ def test_a_parallel_session_compares_and_shows_every_rank(name, tp, pp):
             assert {int(n.rsplit(".", 1)[-1]) for n in elsewhere} == others
             assert all(f"pipeline rank {1 - row.pipeline_rank}" in why for why in elsewhere.values())
             assert row.param_bytes < one_device_bytes(name)
+        tied = json.loads((zoo.path(name) / "config.json").read_text())["tie_word_embeddings"]
+        assert (report.rows[-1].tied_copy_bytes > 0) == (tied and pp > 1)
         if tp > 1:
             assert all(r.replicated_bytes > 0 for r in report.rows)
             assert all(r.actions.get(FUSED, 0) > 0 for r in report.rows)  # q/k/v and gate/up column-parallel
         text, html = repr(report), report._repr_html_()
         assert all(r.label.split(" (")[0] in text for r in report.rows) and "decoder layers" in text
         assert html.count('class="hvl-rank"') == tp * pp
+        if name == "qwen2-moe" and pp == 2:  # a trainer's update: each rank loads what it holds, skips the rest
+            from safetensors import safe_open
+
+            keys = ["model.layers.3.mlp.experts.1.gate_proj.weight", "model.layers.0.self_attn.q_proj.weight"]
+            with safe_open(str(zoo.path(name) / "model.safetensors"), "pt") as f:
+                bucket = [(k, f.get_tensor(k)) for k in keys]  # the checkpoint's own values: outputs unchanged
+            loaded = session.load_weights(bucket)
+            assert any("layers.3.mlp" in n for n in loaded) and any("layers.0.self_attn" in n for n in loaded), loaded
         if name == "qwen2-moe" and tp == 2 and pp == 1:  # each rank holds half of every expert's width
-            shards = session.apply_model(fused_moe_shards)
+            shards = session.apply_model(lambda model: fused_moe_shards(model))  # a lambda reaches every worker
             assert [set(rank) for rank in shards] == [{(2, 0, 32)}, {(2, 1, 32)}]
 
         profiled = tp == 2 and pp == 2

@@ -429,6 +429,9 @@ class LabForCausalLM(nn.Module):
         keep_fp32 = tuple(getattr(hf, "_keep_in_fp32_modules_strict", None) or ())
         keep_fp32 += (f"{ROOT}.{head_name}.",) if head.dtype is not None else ()
         report.kept_fp32 = materialize(self, device, dtype, keep_fp32)
+        if piece is not None and piece.last and not piece.first and self._tie_word_embeddings():
+            weight = hf.get_submodule(head_name).weight
+            report.tied_copy_bytes = weight.numel() * weight.element_size()
         if self.tp_size > 1:  # this rank's part of each split weight, beside the HF shape
             from hfvllm_lab.backend.meta import with_shard_shapes
 
@@ -453,7 +456,7 @@ class LabForCausalLM(nn.Module):
         if piece is not None:
             from hfvllm_lab.backend.pipeline import StageHandoff
 
-            self._lab_handoff = StageHandoff(handoff_layers, piece)
+            self._lab_handoff = StageHandoff(handoff_layers, piece, self.text_config.hidden_size)
             self.lab_elsewhere = tuple(f"{ROOT}.{r.name}." for r in report.records if r.action == ELSEWHERE)
         # compiled-mode hook (backend/compiled.py): vLLM compiles this stack when enforce_eager=False
         object.__setattr__(self, "_lab_stack", build_compiled_stack(vllm_config, base))

@@ -13,6 +13,10 @@ from hfvllm_lab.vocab import ELSEWHERE, EMBEDDING, LAYER, LM_HEAD, NORM, OTHER
 
 # The one tensor that crosses a stage boundary: HF decoder layers carry their residual inside.
 HIDDEN = "hidden_states"
+# Config settings under which the base model hands its decoder layers more than the hidden states: per-layer
+# inputs computed from the embeddings (Gemma 3n / 4), stacked "altup" hidden states (Gemma 3n), keys and values
+# one layer shares with later ones (Gemma 3n / 4).
+CROSS_LAYER_INPUTS = ("hidden_size_per_layer_input", "altup_num_inputs", "num_kv_shared_layers")
 
 
 def pipeline_plan(config, hf_cls: type | None = None) -> dict:
@@ -40,6 +44,12 @@ def check_pipeline(config, pp_size: int, cls_name: str = "") -> None:
         raise UnsupportedModelError(
             f"pipeline_parallel_size={pp_size}: the pipeline plan of {model_type} ({', '.join(plan)}) names no "
             "decoder-layer list that hands on hidden states alone")
+    carried = [f"{attr}={getattr(config, attr)}" for attr in CROSS_LAYER_INPUTS if getattr(config, attr, None)]
+    if carried:
+        raise UnsupportedModelError(
+            f"pipeline_parallel_size={pp_size}: {model_type}'s decoder layers take more than the hidden states from "
+            f"the base model ({', '.join(carried)}: per-layer inputs built from the embeddings, stacked hidden "
+            "states or keys shared between layers), which the lab does not hand between ranks; use 1")
     layers = getattr(config, "num_hidden_layers", 0) or 0
     if pp_size > layers:
         raise UnsupportedModelError(
@@ -155,9 +165,12 @@ def cut_pipeline(hf: nn.Module, base: nn.Module, base_prefix: str, stage: StageL
             continue
         for name in names:
             old = base.get_submodule(name)
-            kind = EMBEDDING if isinstance(old, nn.Embedding) or name in stage.before else NORM
-            new = LabMissingEmbedding(hidden_size, dtype) if kind == EMBEDDING else LabMissingLayer(holder)
-            records.append(ReplacementRecord(full(name), kind if count(old) else OTHER, ELSEWHERE, type(old).__name__,
+            # an embedding's stand-in makes zeros of the hidden size from ids; anything else (dropout, a norm)
+            # hands its input on
+            embedding = isinstance(old, nn.Embedding)
+            kind = EMBEDDING if embedding else NORM if "norm" in type(old).__name__.lower() else OTHER
+            new = LabMissingEmbedding(hidden_size, dtype) if embedding else LabMissingLayer(holder)
+            records.append(ReplacementRecord(full(name), kind, ELSEWHERE, type(old).__name__,
                                              type(new).__name__, (), count(old),
                                              f"held by pipeline rank {holder} ({'first' if holder == 0 else 'last'} "
                                              "stage)"))
@@ -184,8 +197,8 @@ class StageHandoff:
     what the next rank receives (the placeholders after it hand it on unchanged; other hooks on that layer,
     the probes', still see it)."""
 
-    def __init__(self, layers: nn.ModuleList, piece: PipelineSlice) -> None:
-        self.piece = piece
+    def __init__(self, layers: nn.ModuleList, piece: PipelineSlice, hidden_size: int) -> None:
+        self.piece, self.hidden_size = piece, hidden_size
         self.incoming: torch.Tensor | None = None
         self.outgoing: torch.Tensor | None = None
         if not piece.first:
@@ -202,7 +215,13 @@ class StageHandoff:
         return args, {**kwargs, HIDDEN: hidden}
 
     def _give(self, module, args, output):
-        self.outgoing = output[0] if isinstance(output, tuple) else output
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[0] != 1 \
+                or hidden.shape[-1] != self.hidden_size:
+            raise UnsupportedModelError(
+                f"decoder layer {self.piece.end - 1} returned {tuple(getattr(hidden, 'shape', ()))}, not hidden states "
+                f"[1, tokens, {self.hidden_size}]: the lab hands only those between pipeline ranks")
+        self.outgoing = hidden
 
     def run(self, forward, intermediate_tensors):
         """`forward()` (the base model on this step) with the hand-offs: the last hidden states on the

@@ -105,6 +105,7 @@ class BuildReport:
     pipeline_rank: int = 0
     layers_held: tuple[int, int] | None = None
     replicated_bytes: int = 0  # of the loaded parameters, those every tensor rank holds whole (backend/meta.py)
+    tied_copy_bytes: int = 0  # pipeline parallel: the last rank's own copy of a head tied to rank 0's embedding
     records: list[ReplacementRecord] = field(default_factory=list)
     attention: list[AttentionLayerSpec] = field(default_factory=list)
     phases: list[PhaseBytes] = field(default_factory=list)
@@ -131,6 +132,7 @@ class BuildReport:
             "pipeline_rank": self.pipeline_rank,
             "layers_held": list(self.layers_held) if self.layers_held else None,
             "replicated_bytes": self.replicated_bytes,
+            "tied_copy_bytes": self.tied_copy_bytes,
             "records": [r.to_dict() for r in self.records],
             "attention": [a.to_dict() for a in self.attention],
             "phases": [p.to_dict() for p in self.phases],

@@ -223,6 +223,11 @@ def load_checked(
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in (conversion(weights, partial) if conversion is not None else weights):
             target = names(name)
+            if elsewhere and target is not None and target.startswith(elsewhere):
+                ignored.append(name)  # pipeline parallel: a module another rank holds
+                if target in copies:  # a tied head's copy of the first rank's embedding
+                    yield copies[target], tensor
+                continue
             if isinstance(tensor, ExpertSlice) and target is not None:
                 owner, _, attr = target.rpartition(".")
                 changed = load_expert_slice(model.get_submodule(owner), attr, tensor)
@@ -230,11 +235,6 @@ def load_checked(
                 continue
             known = target is not None and (target in params or target in buffers or target in accepted
                                             or target in shards)
-            if elsewhere and target is not None and target.startswith(elsewhere):
-                ignored.append(name)
-                if target in copies:  # a tied head's copy of the first rank's embedding
-                    yield copies[target], tensor
-                continue
             if names.ignorable(name, known):
                 ignored.append(name)
                 continue

@@ -179,6 +179,12 @@ def compiled(shared: Shared) -> LensResult:
     other = "fast" if session.mode == "inspect" else "inspect"
     words = {"inspect": "eager", "fast": "compiled"}
     lens = LensResult("compiled", f"the engine {words[session.mode]} vs {words[other]} (mode='{other}')")
+    try:
+        from hfvllm_lab.paths.vllm_path import check_parallel_setup
+
+        check_parallel_setup(replace(session.settings, mode=other))
+    except Exception as exc:  # noqa: BLE001 - the refusal's reason is the lens' reason
+        return unavailable(lens.name, lens.factor, f"mode={other!r} refused on this Session's ranks: {exc}")
     lens.arms.append(shared.session_judged(words[session.mode], "batch"))
     lens.arms.append(shared.child_judged(words[other], f"mode={other!r}", mode=other))
     return finish(lens)
@@ -209,8 +215,9 @@ def backend(shared: Shared) -> LensResult:
 def tensor_parallel(shared: Shared) -> LensResult:
     session = shared.session
     lens = LensResult("tensor parallel", "one device vs tensor parallel 2 (vLLM's multiprocessing executor)")
-    if session.settings.tensor_parallel_size != 1:
-        return unavailable(lens.name, lens.factor, "this Session already runs tensor parallel")
+    if session.settings.layout.world != 1:
+        return unavailable(lens.name, lens.factor, f"this Session already runs on several ranks "
+                                                   f"({session.settings.layout.describe()})")
     try:
         from hfvllm_lab.paths.vllm_path import preflight
 

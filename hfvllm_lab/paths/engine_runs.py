@@ -130,9 +130,7 @@ def _sample(path: VllmPath, prompts: list[list[int]], *, n: int, max_tokens: int
     else:
         # vLLM 0.32's CPU runner fails a seeded request whose prefill is split over steps (its CPU
         # generator has no offset to rewind), so long prompts draw from the engine's RNG seeded once.
-        import torch
-
-        torch.manual_seed(seed)
+        path.rpc("lab_seed", seed)  # where the sampler runs: this process, or the last stage's worker
         run.seeding = (f"engine RNG seeded once with {seed}: the prompts ({sum(len(p) for p in prompts) * n} tokens) "
                        f"exceed one step's budget ({budget}), and vLLM's CPU runner cannot rewind a per-request seed "
                        "over a split prefill")

@@ -25,9 +25,9 @@ def start_failure(exc: BaseException, settings) -> Exception:
     reason = f"{type(root).__name__}: {first_line(root, 400)}"
     if WORKER_FAILED in str(exc) or WORKER_FAILED in str(root):
         return EngineSetupError(
-            f"vLLM's engine could not start its worker processes ({parallel}); the model passed every check made "
-            f"before start-up, and each worker's own traceback is in the log above (VLLM_LOGGING_LEVEL=INFO shows "
-            f"more): {reason}")
+            f"a worker process of vLLM's engine failed during start-up ({parallel}): in its own setup or while "
+            f"building or loading the model there. Its traceback is in the log above (VLLM_LOGGING_LEVEL=INFO shows "
+            f"more); the checks made before start-up passed. {reason}")
     if not model_frames and any(s in where for s in SETUP_SOURCES):
         hint = ""
         if "NUMA" in str(root):

@@ -225,11 +225,9 @@ def check_parallel_setup(settings: EngineSettings) -> None:
         from hfvllm_lab.paths.ray_cluster import check_ray
 
         check_ray()
-    if layout.pipeline_size > 1 and settings.mode == "fast":
-        raise InputError("pipeline_parallel_size > 1 runs eagerly (mode='inspect'): the lab's compiled stack hands no "
-                         "hidden states between ranks")
-    if layout.pipeline_size > 1 and settings.backend == "transformers":
-        pass  # vLLM's built-in Transformers backend supports pipeline parallel itself
+    if layout.pipeline_size > 1 and settings.mode == "fast" and settings.backend == "lab":
+        raise InputError("pipeline_parallel_size > 1 runs the lab backend eagerly (mode='inspect'): its compiled stack "
+                         "hands no hidden states between ranks")
 
 
 def _check_vllm_reads_config(settings: EngineSettings) -> None:
@@ -308,7 +306,11 @@ class VllmPath:
 
             raise start_failure(exc, settings) from exc
         if self.layout.pipeline_size > 1:
-            allocated = self.llm.collective_rpc("lab_pipeline_buffers")
+            try:
+                allocated = self.llm.collective_rpc("lab_pipeline_buffers")
+            except BaseException:
+                self.close()  # never leave an engine's workers behind
+                raise
             if any(allocated):
                 self.arg_notes = [*self.arg_notes, (
                     "pipeline buffers allocated by the lab on ranks after the first: vLLM's CPU runner allocates them "
@@ -323,6 +325,8 @@ class VllmPath:
         `untracked_calls`: a rebuild of this engine could not repeat them (Session.apply_model can)."""
         if track:
             self.untracked_calls += 1
+        if self.layout.world > 1:  # workers in other processes: vLLM pickles fn, and plain pickle refuses lambdas
+            fn = Cloudpickled(fn)
         return self.llm.apply_model(fn)
 
     def rpc(self, method: str, *args) -> Any:
@@ -420,6 +424,21 @@ class VllmPath:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Cloudpickled:
+    """A function carried to worker processes by cloudpickle (lambdas and closures included): vLLM's
+    multiprocessing executor sends what it runs with plain pickle."""
+
+    def __init__(self, fn: Callable) -> None:
+        import cloudpickle
+
+        self.payload = cloudpickle.dumps(fn)
+
+    def __call__(self, model):
+        import cloudpickle
+
+        return cloudpickle.loads(self.payload)(model)
 
 
 def to_generation(prompt: str, out) -> Generation:

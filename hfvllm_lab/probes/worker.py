@@ -101,6 +101,10 @@ class LabWorkerExtension:
                 "pipeline_rank": pp.rank_in_group, "pipeline_size": pp.world_size,
                 "layers": tuple(layers) if layers else None}
 
+    def lab_seed(self, seed: int) -> None:
+        """Seed torch's RNG in this worker (the sampler draws from it where a request carries no seed)."""
+        torch.manual_seed(seed)
+
     def lab_pipeline_buffers(self) -> bool:
         """Allocate the buffers a pipeline rank after the first receives hidden states in. vLLM's CPU
         runner allocates them during its warm-up run, which it skips for an eager engine with an explicit
@@ -179,7 +183,13 @@ class LabWorkerExtension:
             layers.sort(key=lambda row: row.layer)
             mode = self._lab_model().lab_attention_mode
         else:
+            from vllm.model_executor.models.utils import extract_layer_index
+
             for idx, (name, attn) in enumerate(self._lab_vllm_attention()):
+                try:  # the model's own layer number (a pipeline stage's layers do not start at 0)
+                    idx = extract_layer_index(name)
+                except (AssertionError, ValueError):
+                    pass
                 backend = attn.attn_backend.get_name() if hasattr(attn, "attn_backend") else "vllm"
                 layers.append(AttentionLayerPayload(
                     layer=idx, module=name, backend=backend, counts={backend: self._lab_hook_counts.get(name, 0)},

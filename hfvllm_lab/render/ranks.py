@@ -20,6 +20,8 @@ def rank_columns(report) -> tuple[list[str], list[list[str]]]:
         ["decoder layers", *[r.layers_text for r in rows]],
         ["parameters", *[fmt_bytes(r.param_bytes) for r in rows]],
         ["  held whole by each tensor rank", *[fmt_bytes(r.replicated_bytes) for r in rows]],
+        *([["  a tied head's own copy", *[fmt_bytes(r.tied_copy_bytes) for r in rows]]]
+          if any(r.tied_copy_bytes for r in rows) else []),
         ["KV cache", *[fmt_bytes(r.kv_cache_bytes) for r in rows]],
         ["process", *[fmt_bytes(r.process_bytes) for r in rows]],
     ]
@@ -32,7 +34,7 @@ def rank_columns(report) -> tuple[list[str], list[list[str]]]:
 
 def total_line(report) -> str:
     return (f"whole model from the ranks: {fmt_bytes(report.model_param_bytes())} of parameters (every rank's shards, "
-            "plus what a stage's tensor ranks each hold whole counted once)")
+            "plus what a stage's tensor ranks each hold whole counted once, less a tied head's copy)")
 
 
 def rank_report_text(report) -> str:

@@ -28,6 +28,7 @@ class RankRow:
     process_bytes: int | None
     actions: dict[str, int] = field(default_factory=dict)  # record action -> count on this rank
     step_seconds: dict[str, float] = field(default_factory=dict)  # phase -> mean step time (after profile())
+    tied_copy_bytes: int = 0  # of param_bytes, a tied head's own copy of rank 0's embedding (last stage)
 
     @property
     def label(self) -> str:
@@ -55,8 +56,9 @@ class RankReport(Shown):
 
     def model_param_bytes(self) -> int:
         """The whole model's parameter bytes from the ranks' own: every rank's shards, and what a stage's
-        tensor ranks each hold whole counted once per stage (what one device would hold, vocab padding aside)."""
-        shards = sum(r.param_bytes - r.replicated_bytes for r in self.rows)
+        tensor ranks each hold whole counted once per stage, less a tied head's copy of the embedding (what one
+        device would hold)."""
+        shards = sum(r.param_bytes - r.replicated_bytes - r.tied_copy_bytes for r in self.rows)
         whole = sum(r.replicated_bytes for r in self.rows if r.tensor_rank == 0)
         return shards + whole
 
