@@ -24,7 +24,7 @@ def diagnosis():
         warnings.simplefilter("ignore", UserWarning)
         s = Session("llama")
     with s:
-        result = s.diagnose(PROMPTS, n=2, max_tokens=8, progress=lambda done, total, what: steps.append((done, what)))
+        result = s.diagnose(PROMPTS, n=1, max_tokens=8, progress=lambda done, total, what: steps.append((done, what)))
     return result, steps
 
 
