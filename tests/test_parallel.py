@@ -42,6 +42,16 @@ def fused_moe_shards(model) -> list[tuple[int, int, int]]:
     return out
 
 
+def widen_last_mlp(model) -> bool:
+    """A defect on the last pipeline stage only: layer 3's MLP output scaled by 1.05 where this rank holds it."""
+    for name, module in model.named_modules():
+        if name.endswith("layers.3.mlp"):
+            forward = module.forward
+            module.forward = lambda *a, **k: forward(*a, **k) * 1.05
+            return True
+    return False
+
+
 def start(name: str, tp: int, pp: int, **kwargs) -> Session:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "closing the previous Session"
@@ -99,6 +109,10 @@ def test_a_parallel_session_compares_and_shows_every_rank(name, tp, pp):
         if pp == 2:  # hidden states captured from the rank that ran each module, every decoder layer among them
             compared = {row.module for row in cmp.bisect.rows}
             assert {f"model.layers.{i}" for i in range(4)} <= compared and cmp.bisect.first_divergent is None
+        if name == "llama" and (tp, pp) == (1, 2):  # a defect on rank 1 fails the verdict; bisect names its layer
+            assert session.apply_model(widen_last_mlp) == [False, True]
+            broken = session.compare(PROMPTS[:1], max_tokens=4, profile=False, bisect=True)
+            assert not broken.ok and broken.bisect.first_divergent.startswith("model.layers.3"), repr(broken.bisect)
         if profiled:
             timing = session.ranks.timing
             assert len(timing) == 4 and all(t.step_seconds for t in timing)
