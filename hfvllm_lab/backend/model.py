@@ -402,7 +402,7 @@ class LabForCausalLM(nn.Module):
         if piece is not None:  # pipeline parallel: placeholders for what other ranks hold, before any vLLM layer
             from hfvllm_lab.backend.pipeline import cut_pipeline, stage_layers
 
-            stage = stage_layers(base, self.text_config, hf_cls)
+            stage = stage_layers(base, self.text_config)
             cut = cut_pipeline(hf, base, hf.base_model_prefix if base is not hf else "", stage, piece,
                                head_name, self.text_config.hidden_size, dtype)
             handoff_layers = base.get_submodule(stage.layers_name)
@@ -490,7 +490,7 @@ class LabForCausalLM(nn.Module):
     def make_empty_intermediate_tensors(self, batch_size: int, dtype: torch.dtype, device: torch.device):
         from hfvllm_lab.backend.pipeline import empty_intermediate
 
-        return empty_intermediate(self.text_config.hidden_size)(batch_size, dtype, device)
+        return empty_intermediate(self.text_config.hidden_size, batch_size, dtype, device)
 
     def set_attention_mode(self, mode: str) -> None:
         """"vllm" (paged KV), or HF's "sdpa" / "eager" for single-sequence prompt scoring."""

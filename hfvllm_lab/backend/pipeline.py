@@ -19,13 +19,10 @@ HIDDEN = "hidden_states"
 CROSS_LAYER_INPUTS = ("hidden_size_per_layer_input", "altup_num_inputs", "num_kv_shared_layers")
 
 
-def pipeline_plan(config, hf_cls: type | None = None) -> dict:
-    """transformers' pipeline plan of the base model (`base_model_pp_plan` in the config, or the
-    class's `_pp_plan`): module name -> (inputs, outputs), in forward order."""
-    plan = dict(getattr(config, "base_model_pp_plan", None) or {})
-    if not plan and hf_cls is not None:
-        plan = dict(getattr(hf_cls, "_pp_plan", None) or {})
-    return plan
+def pipeline_plan(config) -> dict:
+    """transformers' pipeline plan of the base model (`base_model_pp_plan` in the config): module name ->
+    (inputs, outputs), in forward order. (A causal-LM class's own `_pp_plan` names only its head.)"""
+    return dict(getattr(config, "base_model_pp_plan", None) or {})
 
 
 def check_pipeline(config, pp_size: int, cls_name: str = "") -> None:
@@ -125,8 +122,8 @@ class StageLayers:
     after: list[str]
 
 
-def stage_layers(base: nn.Module, config, hf_cls: type) -> StageLayers:
-    plan = pipeline_plan(config, hf_cls)
+def stage_layers(base: nn.Module, config) -> StageLayers:
+    plan = pipeline_plan(config)
     names = list(plan)
     layers_name = next(n for n, (_, outputs) in plan.items() if list(outputs) == [HIDDEN] and n.endswith("layers"))
     idx = names.index(layers_name)
@@ -242,15 +239,11 @@ class StageHandoff:
         return IntermediateTensors({HIDDEN: hidden})
 
 
-def empty_intermediate(hidden_size: int):
+def empty_intermediate(hidden_size: int, batch_size: int, dtype: torch.dtype, device: torch.device):
     """vLLM's `make_empty_intermediate_tensors` for the lab's one hand-off tensor."""
+    from vllm.sequence import IntermediateTensors
 
-    def make(batch_size: int, dtype: torch.dtype, device: torch.device):
-        from vllm.sequence import IntermediateTensors
-
-        return IntermediateTensors({HIDDEN: torch.zeros(batch_size, hidden_size, dtype=dtype, device=device)})
-
-    return make
+    return IntermediateTensors({HIDDEN: torch.zeros(batch_size, hidden_size, dtype=dtype, device=device)})
 
 
 __all__ = ["LabMissingEmbedding", "LabMissingLayer", "PipelineSlice", "StageHandoff", "check_pipeline",

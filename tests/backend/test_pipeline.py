@@ -33,7 +33,7 @@ def meta_model(name: str):
 def test_a_later_rank_holds_only_its_layers_and_the_head(name):
     hf = meta_model(name)
     base = getattr(hf, hf.base_model_prefix)
-    stage = stage_layers(base, hf.config, type(hf))
+    stage = stage_layers(base, hf.config)
     records = cut_pipeline(hf, base, hf.base_model_prefix, stage, PipelineSlice(1, 2, 2, 4, 4), "lm_head"
                            if name == "llama" else "embed_out", 64, torch.float32)
     layers = base.get_submodule(stage.layers_name)
@@ -53,7 +53,7 @@ def test_a_later_rank_holds_only_its_layers_and_the_head(name):
 def test_an_earlier_rank_gives_the_head_and_final_norm_away():
     hf = meta_model("llama")
     base = hf.model
-    records = cut_pipeline(hf, base, "model", stage_layers(base, hf.config, type(hf)), PipelineSlice(0, 2, 0, 2, 4),
+    records = cut_pipeline(hf, base, "model", stage_layers(base, hf.config), PipelineSlice(0, 2, 0, 2, 4),
                            "lm_head", 64, torch.float32)
     assert isinstance(hf.lm_head, LabMissingLayer) and isinstance(base.norm, LabMissingLayer)
     assert isinstance(base.embed_tokens, nn.Embedding)
