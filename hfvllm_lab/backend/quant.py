@@ -102,14 +102,14 @@ def check_quantization(model_dir, config, dtype: str, device: str, trust_remote_
     quantization vLLM has no kernel for on this device, naming the method, the layer and the device.
     vLLM's CPU platform lists no unsupported methods: a kernel is found, or not, when a layer is
     built. So one layer of each Linear of the first decoder layer (and the head) is built here with
-    the checkpoint's quantization config, on the meta device, in a spawned child process (it needs
+    the checkpoint's quantization config, on the meta device, in a child process (it needs
     a distributed group of its own)."""
     method = quant_method_of(config)
     if method is None:
         return
-    from hfvllm_lab.paths.spawn import run_spawned
+    from hfvllm_lab.paths.spawn import run_in_engine_child
 
-    failure = run_spawned(_build_sample_layers, str(model_dir), dtype, trust_remote_code, linear_shapes(config))
+    failure = run_in_engine_child(_build_sample_layers, str(model_dir), dtype, trust_remote_code, linear_shapes(config))
     if failure:
         raise UnsupportedModelError(f"the checkpoint is quantized with {method!r}, and vLLM {_vllm_version()} has no "
                                     f"kernel for it on {device}: {failure}")

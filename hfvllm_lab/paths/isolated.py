@@ -1,4 +1,4 @@
-"""Engines of their own in spawned child processes: a job run on a fresh engine there, the Session's
+"""Engines of their own in child processes: a job run on a fresh engine there, the Session's
 edits carried along, and vLLM native as a noise floor. Two engines cannot share one process (closing
 one tears down the distributed groups the other uses), so every reference engine runs this way."""
 
@@ -22,13 +22,13 @@ def _on_fresh_engine(settings: EngineSettings, job: Callable, args: tuple, edits
 
 def run_isolated(settings: EngineSettings, job: Callable, *args, edits: bytes | None = None,
                  env: dict[str, str] | None = None):
-    """`job(path, *args)` on an engine of its own in a spawned child process (two engines cannot share
+    """`job(path, *args)` on an engine of its own in a child process (two engines cannot share
     this process: closing one tears down the distributed groups the other uses). `job` is a module-level
     function; `edits` (`pickled_edits`) are applied to the child's model first; `env` is set in the child
     before its engine starts. Returns (what the job returned, notes on edits that could not be applied)."""
-    from hfvllm_lab.paths.spawn import run_spawned
+    from hfvllm_lab.paths.spawn import run_in_engine_child
 
-    return run_spawned(_on_fresh_engine, settings, job, args, edits, env)
+    return run_in_engine_child(_on_fresh_engine, settings, job, args, edits, env)
 
 
 def pickled_edits(edits: list[Callable]) -> tuple[bytes | None, str]:
