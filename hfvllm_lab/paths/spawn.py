@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 # What an engine child imports anyway (`from vllm import LLM` alone takes ~10 s in a fresh interpreter):
 # a forkserver imports it once, and each engine child is forked from there with it in place.
-ENGINE_PRELOAD = ("torch", "transformers", "vllm", "vllm.entrypoints.llm", "hfvllm_lab.paths.vllm_path",
-                  "hfvllm_lab.paths.isolated")
+ENGINE_PRELOAD = ("torch", "transformers", "vllm", "vllm.entrypoints.llm", "vllm.model_executor.model_loader",
+                  "vllm.v1.worker.gpu_model_runner", "hfvllm_lab.backend.model", "hfvllm_lab.paths.isolated")
 
 
 def run_spawned(fn: Callable, *args):
