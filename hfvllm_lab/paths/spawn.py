@@ -1,5 +1,6 @@
-"""One call in a fresh child process: transformers' classes as the library defines them, room for an
-engine of its own, memory given back on exit. Arguments and the result cross by pickle."""
+"""One call in a child process, memory given back on exit: a new interpreter for an HF side (transformers'
+classes as the library defines them), or a fork of a vLLM-preloaded forkserver for an engine of its own.
+Arguments and the result cross by pickle."""
 
 from __future__ import annotations
 
